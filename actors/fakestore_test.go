@@ -1,0 +1,195 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tollgate/tollgate/messages"
+	"github.com/tollgate/tollgate/persist"
+)
+
+// memStore is an in-memory persist.Store for actor tests: counts key
+// loads, can be made unavailable, and can hold loads at a gate.
+type memStore struct {
+	mu      sync.Mutex
+	clients map[string]messages.Client
+
+	down      atomic.Bool
+	keyLoads  atomic.Int64
+	saves     atomic.Int64
+	loadGate  chan struct{} // when non-nil, GetClientByKey waits for it
+	saveCalls func([]messages.BucketState)
+}
+
+var _ persist.Store = (*memStore)(nil)
+
+func newMemStore() *memStore { return &memStore{clients: make(map[string]messages.Client)} }
+
+func (m *memStore) check() error {
+	if m.down.Load() {
+		return fmt.Errorf("memstore: %w", messages.ErrUnavailable)
+	}
+	return nil
+}
+
+func (m *memStore) CreateClient(_ context.Context, c messages.Client) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, o := range m.clients {
+		if o.ID == c.ID || o.KeyHash == c.KeyHash {
+			return messages.ErrConflict
+		}
+	}
+	m.clients[c.ID] = c
+	return nil
+}
+
+func (m *memStore) GetClient(_ context.Context, id string) (messages.Client, error) {
+	if err := m.check(); err != nil {
+		return messages.Client{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.clients[id]
+	if !ok {
+		return c, messages.ErrNotFound
+	}
+	return c, nil
+}
+
+func (m *memStore) GetClientByKey(ctx context.Context, h messages.KeyHash) (messages.Client, error) {
+	m.keyLoads.Add(1)
+	if m.loadGate != nil {
+		select {
+		case <-m.loadGate:
+		case <-ctx.Done():
+			return messages.Client{}, ctx.Err()
+		}
+	}
+	if err := m.check(); err != nil {
+		return messages.Client{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.clients {
+		if c.KeyHash == h {
+			return c, nil
+		}
+	}
+	return messages.Client{}, messages.ErrNotFound
+}
+
+func (m *memStore) ListClients(_ context.Context, after string, limit int) ([]messages.Client, error) {
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []messages.Client
+	for _, c := range m.clients {
+		if c.ID > after {
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(a, b messages.Client) int { return strings.Compare(a.ID, b.ID) })
+	return out[:min(limit, len(out))], nil
+}
+
+func (m *memStore) KeyRefs(context.Context) ([]messages.KeyRef, error) {
+	if err := m.check(); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var refs []messages.KeyRef
+	for _, c := range m.clients {
+		refs = append(refs, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash})
+	}
+	return refs, nil
+}
+
+func (m *memStore) UpdateLimits(_ context.Context, id string, l messages.Limits) (messages.Client, error) {
+	if err := m.check(); err != nil {
+		return messages.Client{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.clients[id]
+	if !ok {
+		return c, messages.ErrNotFound
+	}
+	if l.RatePerSec != nil {
+		c.RatePerSec = *l.RatePerSec
+	}
+	if l.Capacity != nil {
+		c.Capacity = *l.Capacity
+		c.Tokens = min(c.Tokens, float64(c.Capacity))
+	}
+	m.clients[id] = c
+	return c, nil
+}
+
+func (m *memStore) RotateKey(_ context.Context, id, key string, h messages.KeyHash, prefix string) (messages.Client, error) {
+	if err := m.check(); err != nil {
+		return messages.Client{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old, ok := m.clients[id]
+	if !ok {
+		return old, messages.ErrNotFound
+	}
+	c := old
+	c.APIKey, c.KeyHash, c.KeyPrefix = key, h, prefix
+	m.clients[id] = c
+	return old, nil
+}
+
+func (m *memStore) DeleteClient(_ context.Context, id string) (messages.Client, error) {
+	if err := m.check(); err != nil {
+		return messages.Client{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := m.clients[id]
+	if !ok {
+		return c, messages.ErrNotFound
+	}
+	delete(m.clients, id)
+	return c, nil
+}
+
+func (m *memStore) SaveStates(_ context.Context, states []messages.BucketState) error {
+	if err := m.check(); err != nil {
+		return err
+	}
+	m.saves.Add(1)
+	if m.saveCalls != nil {
+		m.saveCalls(states)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, st := range states {
+		if c, ok := m.clients[st.ClientID]; ok {
+			c.Tokens, c.LastRefill = st.Tokens, st.LastRefill
+			m.clients[st.ClientID] = c
+		}
+	}
+	return nil
+}
+
+func (m *memStore) Ping(context.Context) error { return m.check() }
+func (m *memStore) Close() error               { return nil }
+
+func (m *memStore) get(id string) messages.Client {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.clients[id]
+}

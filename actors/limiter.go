@@ -1,0 +1,199 @@
+// Package actors holds Tollgate's long-lived goroutines: the limiter shards
+// that own the token buckets and the key index, the persister that saves
+// bucket states in batches, and the backend registry with its health-check
+// workers. Each owns its state and is reached only through typed
+// request/reply messages behind synchronous methods; each Run returns nil
+// when its context is cancelled, after which callers get
+// messages.ErrStopped.
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tollgate/tollgate/messages"
+	"github.com/tollgate/tollgate/persist"
+)
+
+// LimiterConfig sets up a Limiter. Zero values take the defaults noted.
+type LimiterConfig struct {
+	// Shards is the number of shard actors (default 4 × GOMAXPROCS).
+	Shards              int
+	AddTokensInterval   time.Duration // default 5s
+	RemoveStaleInterval time.Duration // default 300s
+	CacheTTL            time.Duration // default 300s
+	// LoadTimeout bounds a first request's store load (default 2s), so an
+	// unreachable store answers "unavailable" instead of hanging.
+	LoadTimeout time.Duration
+	// HashAPIKeys keeps only the SHA-256 of keys in the store.
+	HashAPIKeys bool
+}
+
+type limiterConfig struct {
+	addTokensInterval   time.Duration
+	removeStaleInterval time.Duration
+	cacheTTL            time.Duration
+	loadTimeout         time.Duration
+	hashAPIKeys         bool
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Limiter admits requests against per-client token buckets and applies
+// admin changes to clients: writes go to the store first, then to the
+// shard that caches the client. Its methods are safe for concurrent use
+// and need Run to be running.
+type Limiter struct {
+	shards []*shard
+	// reqs pools admission requests with their reply channels. It is per
+	// Limiter, not global, so a channel never crosses into another
+	// Limiter's world (a synctest bubble, in tests).
+	reqs  sync.Pool
+	store persist.Store
+	cfg    limiterConfig
+	log    *slog.Logger
+}
+
+// NewLimiter loads the key index from the store and returns a Limiter
+// ready to Run.
+func NewLimiter(ctx context.Context, cfg LimiterConfig, store persist.Store, log *slog.Logger) (*Limiter, error) {
+	n := cfg.Shards
+	if n <= 0 {
+		n = 4 * runtime.GOMAXPROCS(0)
+	}
+	l := &Limiter{
+		store: store,
+		log:   log.With("actor", "limiter"),
+		cfg: limiterConfig{
+			addTokensInterval:   orDefault(cfg.AddTokensInterval, 5*time.Second),
+			removeStaleInterval: orDefault(cfg.RemoveStaleInterval, 300*time.Second),
+			cacheTTL:            orDefault(cfg.CacheTTL, 300*time.Second),
+			loadTimeout:         orDefault(cfg.LoadTimeout, 2*time.Second),
+			hashAPIKeys:         cfg.HashAPIKeys,
+		},
+	}
+	l.reqs.New = newAdmitReq
+	for range n {
+		l.shards = append(l.shards, newShard(&l.cfg, l.log))
+	}
+	refs, err := store.KeyRefs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("actors: load key index: %w", err)
+	}
+	// The shards do not run yet, so filling their maps here is safe: the
+	// go statements in Run happen after.
+	for _, r := range refs {
+		l.shardFor(r.KeyHash).index[r.KeyHash.Fingerprint()] = struct{}{}
+	}
+	l.log.Info("key index loaded", "clients", len(refs), "shards", n)
+	return l, nil
+}
+
+// Run runs the shard actors until ctx is cancelled. It returns nil then,
+// or the first shard failure.
+func (l *Limiter) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, s := range l.shards {
+		g.Go(func() error { return s.run(ctx) })
+	}
+	return g.Wait()
+}
+
+func (l *Limiter) shardFor(h messages.KeyHash) *shard {
+	return l.shards[h.Fingerprint()%uint64(len(l.shards))]
+}
+
+// Admit takes one token from the bucket of the client owning apiKey. A
+// refused request is not an error: it has Decision.Allowed false. Errors:
+// messages.ErrUnknownKey, messages.ErrUnavailable (the client had to be
+// loaded and the store failed), messages.ErrStopped, or ctx's error.
+func (l *Limiter) Admit(ctx context.Context, apiKey string) (messages.Decision, error) {
+	h := messages.HashKey(apiKey)
+	s := l.shardFor(h)
+	r := l.reqs.Get().(*admitReq)
+	r.hash, r.now = h, time.Now().UnixNano()
+	select {
+	case s.admitc <- r:
+	case <-ctx.Done():
+		l.reqs.Put(r)
+		return messages.Decision{}, ctx.Err()
+	case <-s.done:
+		l.reqs.Put(r)
+		return messages.Decision{}, messages.ErrStopped
+	}
+	rep, err := l.await(ctx, s, r)
+	if err == nil && rep.load {
+		l.load(ctx, s, r)
+		rep, err = l.await(ctx, s, r)
+	}
+	if err != nil {
+		// r may still get a reply: it must not be reused.
+		return messages.Decision{}, err
+	}
+	l.reqs.Put(r)
+	return rep.d, rep.err
+}
+
+func (l *Limiter) await(ctx context.Context, s *shard, r *admitReq) (admitReply, error) {
+	select {
+	case rep := <-r.reply:
+		return rep, nil
+	case <-ctx.Done():
+		return admitReply{}, ctx.Err()
+	case <-s.done:
+		return admitReply{}, messages.ErrStopped
+	}
+}
+
+// load fetches the client of r's key from the store, outside the shard's
+// loop, and hands the result to the shard, which answers r and every
+// request that queued behind it. The load does not follow the caller's
+// cancellation: others may be waiting on it. It is bounded by LoadTimeout.
+func (l *Limiter) load(ctx context.Context, s *shard, r *admitReq) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.loadTimeout)
+	defer cancel()
+	c, err := l.store.GetClientByKey(ctx, r.hash)
+	switch {
+	case err == nil:
+	case errors.Is(err, messages.ErrNotFound):
+		err = messages.ErrUnknownKey
+	case !errors.Is(err, messages.ErrUnavailable):
+		err = fmt.Errorf("%w: %w", messages.ErrUnavailable, err)
+	}
+	select {
+	case s.ctlc <- &loadDone{hash: r.hash, client: c, err: err, loader: r}:
+	case <-s.done:
+	}
+}
+
+// ask sends msg to s and waits for its reply on reply.
+func ask[R any](ctx context.Context, s *shard, msg any, reply chan R) (R, error) {
+	var zero R
+	select {
+	case s.ctlc <- msg:
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-s.done:
+		return zero, messages.ErrStopped
+	}
+	select {
+	case r := <-reply:
+		return r, nil
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-s.done:
+		return zero, messages.ErrStopped
+	}
+}

@@ -1,0 +1,346 @@
+package actors
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// entry is a cached client: its bucket and bookkeeping. Entries are pooled
+// because a busy gateway caches and evicts clients all day.
+type entry struct {
+	clientID string
+	b        bucket
+	seen     int64 // last admission, Unix ns; drives time_to_live eviction
+	dirty    bool  // changed since the persister last collected it
+}
+
+var entryPool = sync.Pool{New: func() any { return new(entry) }}
+
+func newEntry(c messages.Client, b bucket, now int64) *entry {
+	e := entryPool.Get().(*entry)
+	*e = entry{clientID: c.ID, b: b, seen: now}
+	return e
+}
+
+func freeEntry(e *entry) {
+	*e = entry{}
+	entryPool.Put(e)
+}
+
+// admitReq asks a shard to admit one request. It carries its own reply
+// channel (buffer 1) so the shard never blocks on a caller that gave up;
+// requests are pooled and go back to the pool only once their reply has
+// been received.
+type admitReq struct {
+	hash  messages.KeyHash
+	now   int64
+	reply chan admitReply
+}
+
+type admitReply struct {
+	d   messages.Decision
+	err error
+	// load tells the caller it is the first to ask for an indexed but
+	// uncached key: it must load the client and report with loadDone.
+	load bool
+}
+
+func newAdmitReq() any { return &admitReq{reply: make(chan admitReply, 1)} }
+
+// Control messages: admin changes, loads and persistence. Each carries
+// what it needs and, where the caller waits, a reply channel of buffer 1.
+type (
+	// loadDone reports a store load begun by the caller told to load.
+	loadDone struct {
+		hash   messages.KeyHash
+		client messages.Client
+		err    error
+		loader *admitReq // answered like the waiters
+	}
+	// installMsg indexes a client and caches its bucket (create, rotate).
+	installMsg struct {
+		client messages.Client
+		b      bucket
+		dirty  bool // the bucket carries state not yet saved
+		reply  chan struct{}
+	}
+	// limitsMsg applies a PATCH to the cached bucket, if any.
+	limitsMsg struct {
+		hash   messages.KeyHash
+		limits messages.Limits
+		reply  chan peekReply
+	}
+	// removeMsg drops a key from the index and the cache (delete, the
+	// old key of a rotation) and returns the live bucket, if cached.
+	removeMsg struct {
+		hash     messages.KeyHash
+		clientID string
+		deleted  bool // a deleted client leaves a tombstone for the persister
+		reply    chan peekReply
+	}
+	// peekMsg reads the live bucket, if cached.
+	peekMsg struct {
+		hash  messages.KeyHash
+		reply chan peekReply
+	}
+	// collectMsg hands the persister every changed state since the last
+	// collect, and the ids deleted since.
+	collectMsg struct {
+		reply chan collected
+	}
+)
+
+type peekReply struct {
+	b      bucket
+	cached bool
+}
+
+type collected struct {
+	states  []messages.BucketState
+	deleted []string
+}
+
+// pendingLoad gathers the requests waiting for one key's store load.
+type pendingLoad struct {
+	waiters []*admitReq
+	limits  []messages.Limits // PATCHes that arrived during the load
+	removed bool              // deleted or rotated away during the load
+}
+
+// shard is one limiter actor: it owns the key index and the cached buckets
+// of the keys whose fingerprint falls to it.
+type shard struct {
+	admitc chan *admitReq
+	ctlc   chan any
+	done   chan struct{}
+	cfg    *limiterConfig
+	log    *slog.Logger
+
+	// Owned by the Run goroutine.
+	index   map[uint64]struct{} // fingerprints of every stored key of this shard
+	cache   map[messages.KeyHash]*entry
+	loading map[messages.KeyHash]*pendingLoad
+	evicted []messages.BucketState // dirty states of evicted entries, not yet collected
+	deleted []string               // client ids deleted since the last collect
+}
+
+func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
+	return &shard{
+		admitc:  make(chan *admitReq, 64),
+		ctlc:    make(chan any, 16),
+		done:    make(chan struct{}),
+		cfg:     cfg,
+		log:     log,
+		index:   make(map[uint64]struct{}),
+		cache:   make(map[messages.KeyHash]*entry),
+		loading: make(map[messages.KeyHash]*pendingLoad),
+	}
+}
+
+// run is the shard's loop. It returns nil when ctx is cancelled; callers
+// still waiting then get ErrStopped through done.
+func (s *shard) run(ctx context.Context) error {
+	defer close(s.done)
+	refill := time.NewTicker(s.cfg.addTokensInterval)
+	defer refill.Stop()
+	sweep := time.NewTicker(s.cfg.removeStaleInterval)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-s.admitc:
+			s.admit(r)
+		case m := <-s.ctlc:
+			s.control(m)
+		case t := <-refill.C:
+			s.refillAll(t.UnixNano())
+		case t := <-sweep.C:
+			s.sweep(t.UnixNano())
+		}
+	}
+}
+
+func (s *shard) admit(r *admitReq) {
+	if e, ok := s.cache[r.hash]; ok {
+		r.reply <- s.take(e, r.now)
+		return
+	}
+	if _, ok := s.index[r.hash.Fingerprint()]; !ok {
+		r.reply <- admitReply{err: messages.ErrUnknownKey}
+		return
+	}
+	if p, ok := s.loading[r.hash]; ok {
+		p.waiters = append(p.waiters, r)
+		return
+	}
+	s.loading[r.hash] = &pendingLoad{}
+	r.reply <- admitReply{load: true}
+}
+
+func (s *shard) take(e *entry, now int64) admitReply {
+	ok := e.b.take(now)
+	if ok {
+		e.dirty = true
+	}
+	e.seen = max(e.seen, now)
+	d := e.b.decision(ok)
+	d.ClientID = e.clientID
+	return admitReply{d: d}
+}
+
+func (s *shard) control(m any) {
+	switch m := m.(type) {
+	case *loadDone:
+		s.loaded(m)
+	case *installMsg:
+		e := s.install(m.client, m.b, time.Now().UnixNano())
+		e.dirty = m.dirty
+		m.reply <- struct{}{}
+	case *limitsMsg:
+		s.setLimits(m)
+	case *removeMsg:
+		m.reply <- s.remove(m)
+	case *peekMsg:
+		var rep peekReply
+		if e, ok := s.cache[m.hash]; ok {
+			e.b.refill(time.Now().UnixNano())
+			rep = peekReply{b: e.b, cached: true}
+		}
+		m.reply <- rep
+	case *collectMsg:
+		m.reply <- s.collect()
+	default:
+		panic(fmt.Sprintf("actors: shard got unknown message %T", m))
+	}
+}
+
+// loaded finishes a store load: the client is cached, then the loader and
+// every waiter are admitted in the order they arrived.
+func (s *shard) loaded(m *loadDone) {
+	p := s.loading[m.hash]
+	delete(s.loading, m.hash)
+	if p == nil { // cannot happen: one load per pending entry
+		p = &pendingLoad{}
+	}
+	waiters := append([]*admitReq{m.loader}, p.waiters...)
+	err := m.err
+	if err == nil && (p.removed || m.client.KeyHash != m.hash) {
+		err = messages.ErrUnknownKey
+	}
+	if err == nil {
+		_, indexed := s.index[m.hash.Fingerprint()]
+		if !indexed {
+			err = messages.ErrUnknownKey
+		}
+	}
+	if err != nil {
+		for _, w := range waiters {
+			w.reply <- admitReply{err: err}
+		}
+		return
+	}
+	now := time.Now().UnixNano()
+	b := newBucket(m.client)
+	for _, l := range p.limits {
+		b.setLimits(now, l)
+	}
+	e := s.install(m.client, b, now)
+	for _, w := range waiters {
+		w.reply <- s.take(e, w.now)
+	}
+}
+
+func (s *shard) install(c messages.Client, b bucket, now int64) *entry {
+	s.index[c.KeyHash.Fingerprint()] = struct{}{}
+	if old, ok := s.cache[c.KeyHash]; ok {
+		freeEntry(old)
+	}
+	e := newEntry(c, b, now)
+	s.cache[c.KeyHash] = e
+	return e
+}
+
+func (s *shard) setLimits(m *limitsMsg) {
+	var rep peekReply
+	if e, ok := s.cache[m.hash]; ok {
+		e.b.setLimits(time.Now().UnixNano(), m.limits)
+		e.dirty = true
+		rep = peekReply{b: e.b, cached: true}
+	} else if p, ok := s.loading[m.hash]; ok {
+		p.limits = append(p.limits, m.limits)
+	}
+	m.reply <- rep
+}
+
+func (s *shard) remove(m *removeMsg) peekReply {
+	delete(s.index, m.hash.Fingerprint())
+	if p, ok := s.loading[m.hash]; ok {
+		p.removed = true
+	}
+	if m.deleted {
+		s.deleted = append(s.deleted, m.clientID)
+		s.dropEvicted(m.clientID)
+	}
+	e, ok := s.cache[m.hash]
+	if !ok {
+		return peekReply{}
+	}
+	delete(s.cache, m.hash)
+	e.b.refill(time.Now().UnixNano())
+	rep := peekReply{b: e.b, cached: true}
+	freeEntry(e)
+	return rep
+}
+
+func (s *shard) dropEvicted(clientID string) {
+	kept := s.evicted[:0]
+	for _, st := range s.evicted {
+		if st.ClientID != clientID {
+			kept = append(kept, st)
+		}
+	}
+	s.evicted = kept
+}
+
+// refillAll brings every cached bucket up to now, so that reads and saves
+// see current tokens. It does not mark entries dirty: a refill changes the
+// stored pair (tokens, last_refill) into an equivalent one.
+func (s *shard) refillAll(now int64) {
+	for _, e := range s.cache {
+		e.b.refill(now)
+	}
+}
+
+// sweep evicts entries idle for time_to_live, keeping the state of those
+// that changed for the persister's next collect.
+func (s *shard) sweep(now int64) {
+	ttl := int64(s.cfg.cacheTTL)
+	for h, e := range s.cache {
+		if now-e.seen < ttl {
+			continue
+		}
+		if e.dirty {
+			s.evicted = append(s.evicted, e.b.state(e.clientID))
+		}
+		delete(s.cache, h)
+		freeEntry(e)
+	}
+}
+
+func (s *shard) collect() collected {
+	c := collected{states: s.evicted, deleted: s.deleted}
+	s.evicted, s.deleted = nil, nil
+	for _, e := range s.cache {
+		if e.dirty {
+			c.states = append(c.states, e.b.state(e.clientID))
+			e.dirty = false
+		}
+	}
+	return c
+}

@@ -1,0 +1,47 @@
+// Package config loads and validates Tollgate's JSON configuration
+// (SPEC 2): the seed's format, durations as decimal seconds, optional
+// fields with defaults, environment overrides, unknown fields refused.
+// Every validation error names the JSON path and the bad value.
+package config
+
+import "time"
+
+// Config is a loaded, defaulted and validated configuration.
+type Config struct {
+	Port            int
+	AdminPort       int
+	LogLevel        string // debug, info, warn, error
+	LogFile         string // "" means stdout
+	DatabaseURL     string // "" means the embedded store
+	StateFile       string
+	AdminAPIKey     string
+	ShutdownTimeout time.Duration
+	AccessLog       bool
+	LoadBalancer    LoadBalancer
+	RateLimiter     RateLimiter
+}
+
+// LoadBalancer configures backends, health checks and retries.
+type LoadBalancer struct {
+	BackendURLs            []string
+	HealthCheckInterval    time.Duration
+	HealthCheckWorkerCount int
+	HealthCheckPath        string
+	HealthCheckTimeout     time.Duration
+	HealthyThreshold       int
+	UnhealthyThreshold     int
+	MaxRetries             int
+	RequestTimeout         time.Duration
+	MaxRetryBodyBytes      int64
+}
+
+// RateLimiter configures buckets, caching and persistence.
+type RateLimiter struct {
+	AddTokensInterval   time.Duration
+	SaveStateInterval   time.Duration
+	RemoveStaleInterval time.Duration
+	DefaultRatePerSec   float64
+	DefaultCapacity     int64
+	CacheTTL            time.Duration // cache.time_to_live
+	HashAPIKeys         bool
+}

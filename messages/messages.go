@@ -1,0 +1,119 @@
+// Package messages is the vocabulary shared by Tollgate's actors, stores and
+// HTTP surfaces: value types such as Client and Decision, and the sentinel
+// errors callers branch on. It holds data only, no behaviour beyond small
+// pure helpers, and imports nothing but the standard library.
+package messages
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"net/url"
+	"time"
+)
+
+// Sentinel errors. Stores, actors and handlers wrap them with %w; callers
+// test with errors.Is. httpapi maps each to one HTTP status.
+var (
+	// ErrNotFound: no client with that id or key.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the client_id or api_key is already taken.
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable: the store cannot be reached; nothing was changed.
+	ErrUnavailable = errors.New("store unavailable")
+	// ErrStopped: the actor has shut down and takes no more requests.
+	ErrStopped = errors.New("stopped")
+	// ErrUnknownKey: the API key belongs to no client.
+	ErrUnknownKey = errors.New("unknown api key")
+	// ErrNoBackend: no backend is healthy.
+	ErrNoBackend = errors.New("no healthy backend")
+)
+
+// KeyHash is the SHA-256 of an API key. With hash_api_keys the store keeps
+// only this; in every mode it is how a key is looked up.
+type KeyHash [sha256.Size]byte
+
+// HashKey returns the SHA-256 of an API key.
+func HashKey(apiKey string) KeyHash { return sha256.Sum256([]byte(apiKey)) }
+
+// Fingerprint is the 64-bit prefix of a KeyHash: what the in-memory key
+// index holds for every client, so unknown keys are refused without a store
+// query.
+func (h KeyHash) Fingerprint() uint64 { return binary.LittleEndian.Uint64(h[:8]) }
+
+// KeyPrefixLen is how many leading characters of a key are shown in place
+// of the key when keys are hashed at rest.
+const KeyPrefixLen = 6
+
+// Client is one API client: its identity, its limits and its bucket state
+// as of LastRefill.
+type Client struct {
+	ID string
+	// APIKey is the key in clear; empty when the store keeps only KeyHash.
+	APIKey     string
+	KeyHash    KeyHash
+	KeyPrefix  string // first KeyPrefixLen characters of the key
+	RatePerSec float64
+	Capacity   int64
+	Tokens     float64
+	LastRefill time.Time
+}
+
+// BucketState is the mutable part of a client, what the persistence actor
+// saves in batches.
+type BucketState struct {
+	ClientID   string
+	Tokens     float64
+	LastRefill time.Time
+}
+
+// KeyRef ties a client to its key hash; the key index is built from these.
+type KeyRef struct {
+	ClientID string
+	KeyHash  KeyHash
+}
+
+// Limits is a change of a client's limits; a nil field is left as it is.
+type Limits struct {
+	RatePerSec *float64
+	Capacity   *int64
+}
+
+// Decision is the answer to one admission request, carrying what the
+// response headers of SPEC 3 step 2 need.
+type Decision struct {
+	ClientID string
+	Allowed  bool
+	// Limit is the bucket capacity.
+	Limit int64
+	// Remaining is the whole tokens left after this request.
+	Remaining int64
+	// RetryAfter is the time until one token is available (0 when allowed).
+	RetryAfter time.Duration
+	// ResetAfter is the time until the bucket is full again.
+	ResetAfter time.Duration
+	// Window is ceil(capacity/rate) seconds, the policy window.
+	Window time.Duration
+}
+
+// Backend is one upstream server. Values are immutable once published; the
+// registry hands out snapshots of them and the pipeline forwards to URL.
+type Backend struct {
+	// ID is the backend's position in the configured list; it is stable
+	// while the backend stays configured.
+	ID  int
+	URL *url.URL
+}
+
+// BackendStatus is what GET /backends shows of one backend.
+type BackendStatus struct {
+	URL                  string
+	Healthy              bool
+	LastCheck            time.Time // zero before the first probe
+	LastError            string    // "" when the last probe passed
+	LastStatus           int       // HTTP status of the last probe, 0 if none
+	LastLatency          time.Duration
+	ConsecutiveFailures  int
+	ConsecutiveSuccesses int
+	Since                time.Time // when Healthy last changed
+}
