@@ -99,8 +99,8 @@ type Decision struct {
 // Backend is one upstream server. Values are immutable once published; the
 // registry hands out snapshots of them and the pipeline forwards to URL.
 type Backend struct {
-	// ID is the backend's position in the configured list; it is stable
-	// while the backend stays configured.
+	// ID is unique for the process's lifetime: a backend keeps it while it
+	// stays configured, and one removed and added again gets a new one.
 	ID  int
 	URL *url.URL
 }
