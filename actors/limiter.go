@@ -62,8 +62,8 @@ type Limiter struct {
 	// Limiter's world (a synctest bubble, in tests).
 	reqs  sync.Pool
 	store persist.Store
-	cfg    limiterConfig
-	log    *slog.Logger
+	cfg   limiterConfig
+	log   *slog.Logger
 }
 
 // NewLimiter loads the key index from the store and returns a Limiter
