@@ -1,0 +1,291 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tollgate/tollgate/actors"
+	"github.com/tollgate/tollgate/config"
+	"github.com/tollgate/tollgate/httpapi"
+	"github.com/tollgate/tollgate/persist"
+	"github.com/tollgate/tollgate/pipeline"
+)
+
+// options are the command-line flags. The address overrides exist so that
+// tests can run the whole program on 127.0.0.1:0; the chosen addresses are
+// logged in a "listening" line.
+type options struct {
+	configPath string
+	addr       string
+	adminAddr  string
+}
+
+func parseFlags(args []string, out io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("tollgate", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&o.configPath, "config", "config.json", "path of the JSON configuration")
+	fs.StringVar(&o.addr, "addr", "", "listen address of the main port, overriding port (e.g. 127.0.0.1:0)")
+	fs.StringVar(&o.adminAddr, "admin-addr", "", "listen address of the admin API, overriding admin_port")
+	if err := fs.Parse(args); err != nil {
+		return o, usageError{err}
+	}
+	if fs.NArg() > 0 {
+		return o, usageError{fmt.Errorf("unexpected arguments: %q", fs.Args())}
+	}
+	return o, nil
+}
+
+// run is the whole program: it returns when ctx is cancelled and every
+// part has stopped, or when a part fails.
+func run(ctx context.Context, args []string, stdout io.Writer) error {
+	opts, err := parseFlags(args, stdout)
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(opts.configPath)
+	if err != nil {
+		return err
+	}
+	log, level, closeLog, err := newLogger(cfg, stdout)
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	_ = level // SIGHUP reload sets it
+
+	store, err := openStore(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := store.Close(); err != nil {
+			log.Error("close store", slog.Any("err", err))
+		}
+	}()
+	a, err := assemble(ctx, cfg, store, log)
+	if err != nil {
+		return err
+	}
+	servers, err := listen(cfg, opts, a, log)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx, servers, cfg.ShutdownTimeout, log)
+}
+
+func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (persist.Store, error) {
+	if cfg.DatabaseURL != "" {
+		s, err := persist.OpenPostgres(ctx, cfg.DatabaseURL, log)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("store opened", "store", "postgres")
+		return s, nil
+	}
+	s, err := persist.OpenBolt(cfg.StateFile, log)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("store opened", "store", "embedded", "state_file", cfg.StateFile)
+	return s, nil
+}
+
+// app is Tollgate's actors and handlers, wired.
+type app struct {
+	limiter   *actors.Limiter
+	persister *actors.Persister
+	registry  *actors.Registry
+	forward   http.Handler
+	admin     http.Handler
+}
+
+func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log *slog.Logger) (*app, error) {
+	rl, lb := cfg.RateLimiter, cfg.LoadBalancer
+	limiter, err := actors.NewLimiter(ctx, actors.LimiterConfig{
+		AddTokensInterval:   rl.AddTokensInterval,
+		RemoveStaleInterval: rl.RemoveStaleInterval,
+		CacheTTL:            rl.CacheTTL,
+		LoadTimeout:         lb.RequestTimeout,
+		HashAPIKeys:         rl.HashAPIKeys,
+	}, store, log)
+	if err != nil {
+		return nil, err
+	}
+	registry, err := actors.NewRegistry(actors.RegistryConfigFrom(lb), actors.HTTPProbe(nil), log)
+	if err != nil {
+		return nil, err
+	}
+	a := &app{
+		limiter:  limiter,
+		registry: registry,
+		persister: actors.NewPersister(actors.PersisterConfig{
+			Interval:     rl.SaveStateInterval,
+			FlushTimeout: cfg.ShutdownTimeout,
+		}, limiter, store, log),
+		forward: pipeline.New(pipeline.Options{
+			Admitter:          limiter,
+			Backends:          registry,
+			MaxRetries:        lb.MaxRetries,
+			RequestTimeout:    lb.RequestTimeout,
+			MaxRetryBodyBytes: lb.MaxRetryBodyBytes,
+			Logger:            log,
+			AccessLog:         cfg.AccessLog,
+		}),
+	}
+	a.admin = httpapi.NewAdmin(httpapi.Options{
+		Clients:  limiter,
+		Backends: registry,
+		AdminKey: cfg.AdminAPIKey,
+		Defaults: func() (float64, int64) { return rl.DefaultRatePerSec, rl.DefaultCapacity },
+		Logger:   log,
+	})
+	if cfg.AdminAPIKey == "" {
+		log.Warn("admin_api_key is not set: the admin API answers loopback peers only")
+	}
+	return a, nil
+}
+
+// server is one listening HTTP server.
+type server struct {
+	name string
+	ln   net.Listener
+	srv  *http.Server
+}
+
+func listen(cfg *config.Config, opts options, a *app, log *slog.Logger) ([]*server, error) {
+	mainAddr := orAddr(opts.addr, cfg.Port)
+	mainHandler := a.forward
+	separate := cfg.AdminPort != 0 || opts.adminAddr != ""
+	if !separate {
+		mainHandler = httpapi.NewMain(a.admin, a.forward)
+	}
+	var servers []*server
+	s, err := newServer("main", mainAddr, mainHandler, log)
+	if err != nil {
+		return nil, err
+	}
+	servers = append(servers, s)
+	if separate {
+		s, err := newServer("admin", orAddr(opts.adminAddr, cfg.AdminPort), a.admin, log)
+		if err != nil {
+			servers[0].ln.Close()
+			return nil, err
+		}
+		servers = append(servers, s)
+	}
+	return servers, nil
+}
+
+func orAddr(addr string, port int) string {
+	if addr != "" {
+		return addr
+	}
+	return ":" + strconv.Itoa(port)
+}
+
+func newServer(name, addr string, h http.Handler, log *slog.Logger) (*server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s on %s: %w", name, addr, err)
+	}
+	log.Info("listening", "server", name, "addr", ln.Addr().String())
+	return &server{name: name, ln: ln, srv: &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}}, nil
+}
+
+// run supervises every part under one errgroup and stops them in order:
+// the HTTP servers drain first, then probes stop and the persister
+// flushes, then the limiter shards it flushes from stop.
+func (a *app) run(ctx context.Context, servers []*server, shutdownTimeout time.Duration, log *slog.Logger) error {
+	g, gctx := errgroup.WithContext(ctx)
+	actorsCtx, stopActors := context.WithCancel(context.WithoutCancel(ctx))
+	persistCtx, stopPersist := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopActors()
+	defer stopPersist()
+
+	g.Go(func() error { return a.limiter.Run(actorsCtx) })
+	// Probes stop with the servers, before the final flush.
+	g.Go(func() error { return a.registry.Run(persistCtx) })
+	for range a.registry.Workers() {
+		g.Go(func() error { return a.registry.RunWorker(persistCtx) })
+	}
+	g.Go(func() error {
+		defer stopActors()
+		return a.persister.Run(persistCtx)
+	})
+	g.Go(func() error {
+		defer stopPersist()
+		return serve(gctx, servers, shutdownTimeout, log)
+	})
+	err := g.Wait()
+	log.Info("stopped")
+	return err
+}
+
+// serve runs the servers until ctx is done or one fails, then shuts them
+// all down, letting in-flight requests finish within timeout.
+func serve(ctx context.Context, servers []*server, timeout time.Duration, log *slog.Logger) error {
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.srv.Serve(s.ln) }() // received below, once per server
+	}
+	var err error
+	pending := len(servers)
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		pending--
+		err = fmt.Errorf("serve: %w", err)
+	}
+	log.Info("shutting down", "timeout", timeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+	defer cancel()
+	for _, s := range servers {
+		if serr := s.srv.Shutdown(sctx); serr != nil {
+			log.Warn("in-flight requests cut at shutdown timeout", "server", s.name, slog.Any("err", serr))
+			_ = s.srv.Close()
+		}
+	}
+	for range pending {
+		if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) && err == nil {
+			err = fmt.Errorf("serve: %w", serr)
+		}
+	}
+	return err
+}
+
+// newLogger builds the JSON logger of log_level and log_file (appended,
+// created if missing; stdout when empty). The returned LevelVar lets a
+// reload change the level.
+func newLogger(cfg *config.Config, stdout io.Writer) (*slog.Logger, *slog.LevelVar, func(), error) {
+	level := new(slog.LevelVar)
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return nil, nil, nil, fmt.Errorf("log_level: %w", err)
+	}
+	w, closeFn := stdout, func() {}
+	if cfg.LogFile != "" {
+		f, err := os.OpenFile(cfg.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("log_file: %w", err)
+		}
+		w, closeFn = f, func() { _ = f.Close() }
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level})), level, closeFn, nil
+}
