@@ -107,7 +107,7 @@ type app struct {
 	limiter   *actors.Limiter
 	persister *actors.Persister
 	registry  *actors.Registry
-	forward   http.Handler
+	forward   *pipeline.Pipeline
 	admin     http.Handler
 }
 
@@ -166,7 +166,7 @@ type server struct {
 
 func listen(cfg *config.Config, opts options, a *app, log *slog.Logger) ([]*server, error) {
 	mainAddr := orAddr(opts.addr, cfg.Port)
-	mainHandler := a.forward
+	var mainHandler http.Handler = a.forward
 	separate := cfg.AdminPort != 0 || opts.adminAddr != ""
 	if !separate {
 		mainHandler = httpapi.NewMain(a.admin, a.forward)
@@ -235,6 +235,8 @@ func (a *app) run(ctx context.Context, servers []*server, shutdownTimeout time.D
 		return serve(gctx, servers, shutdownTimeout, log)
 	})
 	err := g.Wait()
+	// Idle upstream connections each hold a transport goroutine.
+	a.forward.CloseIdleConnections()
 	log.Info("stopped")
 	return err
 }

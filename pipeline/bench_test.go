@@ -1,0 +1,106 @@
+package pipeline
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// BenchmarkServeHTTP measures one request through authenticate, admit,
+// pick and forward. "keepalive" forwards to an in-process backend over
+// keep-alive connections, so its allocations include the backend server's
+// and the transport's; "stub" swaps the network for a RoundTripper that
+// answers at once, leaving the pipeline's and ReverseProxy's own cost.
+func BenchmarkServeHTTP(b *testing.B) {
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header()["Content-Length"] = []string{"2"}
+		_, _ = io.WriteString(w, "ok")
+	}))
+	b.Cleanup(backend.Close)
+
+	run := func(b *testing.B, transport http.RoundTripper) {
+		u, err := url.Parse(backend.URL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		bs := []messages.Backend{{ID: 0, URL: u}}
+		p := New(Options{
+			Admitter: fakeAdmitter{admit: func(context.Context, string) (messages.Decision, error) { return allowed, nil }},
+			Backends: fakeBackends{
+				healthy:       func() []messages.Backend { return bs },
+				reportFailure: func(context.Context, messages.Backend, error) {},
+			},
+			MaxRetries:        2,
+			RequestTimeout:    5 * time.Second,
+			MaxRetryBodyBytes: 1 << 20,
+			Transport:         transport,
+		})
+		b.Cleanup(p.CloseIdleConnections)
+		b.Run("serial", func(b *testing.B) {
+			req, w := benchRequest()
+			b.ReportAllocs()
+			for b.Loop() {
+				w.serve(b, p, req)
+			}
+		})
+		b.Run("parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				req, w := benchRequest()
+				for pb.Next() {
+					w.serve(b, p, req)
+				}
+			})
+		})
+	}
+	b.Run("keepalive", func(b *testing.B) { run(b, nil) })
+	b.Run("stub", func(b *testing.B) { run(b, stubTransport{}) })
+}
+
+func benchRequest() (*http.Request, *discardWriter) {
+	req := httptest.NewRequest(http.MethodGet, "http://tollgate.test/v1/items?id=7", nil)
+	req.Header.Set("Authorization", "Bearer "+testKey)
+	req.Header.Set("User-Agent", "bench")
+	return req, &discardWriter{h: make(http.Header)}
+}
+
+// discardWriter is a ResponseWriter that keeps nothing but the status.
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (w *discardWriter) Header() http.Header         { return w.h }
+func (w *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (w *discardWriter) WriteHeader(code int)        { w.code = code }
+func (w *discardWriter) Flush()                      {}
+
+func (w *discardWriter) serve(b *testing.B, p *Pipeline, req *http.Request) {
+	clear(w.h)
+	w.code = 0
+	p.ServeHTTP(w, req)
+	if w.code != http.StatusOK {
+		b.Fatalf("status %d", w.code)
+	}
+}
+
+// stubTransport answers every request 200 with an empty body.
+type stubTransport struct{}
+
+func (stubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+	return &http.Response{
+		StatusCode: http.StatusOK,
+		Header:     make(http.Header),
+		Body:       http.NoBody,
+		Request:    req,
+	}, nil
+}

@@ -1,0 +1,145 @@
+package pipeline
+
+import (
+	"context"
+	"log"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"time"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// exchange is the state of one request in flight. Exchanges are pooled:
+// each carries its own ReverseProxy whose Rewrite, Transport and
+// ErrorHandler are bound to it once, at creation, so forwarding a request
+// needs no closure and no context value to find its state. An exchange is
+// used by one request at a time; nothing keeps a reference to it after
+// ServeHTTP returns (the proxy closes the response body before returning,
+// and attempt requests reference only their own body readers).
+type exchange struct {
+	p        *Pipeline
+	proxy    httputil.ReverseProxy
+	body     attemptBody // wraps the delivered response's body
+	triedBuf [8]int
+
+	// Per request; reset clears them.
+	in       *http.Request
+	w        http.ResponseWriter // set once the request is forwarded
+	start    time.Time
+	vals     *headerVals
+	idVal    []string // X-Request-Id value: the client's, or vals[valRequestID]
+	admitted bool
+	tried    []int  // IDs of the backends tried, in order
+	backend  string // host of the backend whose answer or failure counts
+	attempts int
+	status   int
+	err      error // why the request failed, for the log
+}
+
+func newExchange(p *Pipeline) *exchange {
+	x := &exchange{p: p}
+	x.proxy = httputil.ReverseProxy{
+		Rewrite:      x.rewrite,
+		Transport:    x,
+		ErrorHandler: x.errorHandler,
+		BufferPool:   &p.buffers,
+		// The proxy logs only a broken response stream; route it through
+		// slog with this request's ID.
+		ErrorLog: log.New(x, "", 0),
+		// 0: the proxy flushes at once for streamed (unknown-length) and
+		// event-stream answers, and lets the server's few-KiB write
+		// buffers batch fixed-length ones. A negative value would start a
+		// timer goroutine per response for little gain.
+		FlushInterval: 0,
+	}
+	return x
+}
+
+// begin readies x for request r.
+func (x *exchange) begin(r *http.Request) {
+	x.in = r
+	x.start = time.Now()
+	x.vals = new(headerVals)
+	x.idVal = x.p.ids.requestID(r.Header, x.vals)
+	x.tried = x.triedBuf[:0]
+}
+
+// reset drops every reference to the finished request.
+func (x *exchange) reset() {
+	x.in = nil
+	x.w = nil
+	x.vals = nil
+	x.idVal = nil
+	x.admitted = false
+	x.tried = nil
+	x.backend = ""
+	x.attempts = 0
+	x.status = 0
+	x.err = nil
+	x.body = attemptBody{}
+}
+
+func (x *exchange) requestID() string { return x.idVal[0] }
+func (x *exchange) clientID() string  { return x.vals[valClientID] }
+
+// admit records the Admitter's decision for the response headers.
+func (x *exchange) admit(d messages.Decision) {
+	x.vals.setDecision(d)
+	x.admitted = true
+}
+
+// stamp sets the headers every answer carries: X-Request-Id, and the
+// rate-limit headers once the request was admitted or refused.
+func (x *exchange) stamp(h http.Header) {
+	h[hdrRequestID] = x.idVal
+	if x.admitted {
+		x.vals.stamp(h)
+	}
+}
+
+// reply answers the client with e.
+func (x *exchange) reply(w http.ResponseWriter, e *errorReply) {
+	x.stamp(w.Header())
+	x.status = e.status
+	e.write(w)
+}
+
+// fail answers the client according to err.
+func (x *exchange) fail(w http.ResponseWriter, err error) {
+	x.err = err
+	x.reply(w, replyFor(err, x.in.Context().Err() == context.Canceled))
+}
+
+// errorHandler is the proxy's ErrorHandler: it runs when RoundTrip returns
+// an error, before anything was written to the client.
+func (x *exchange) errorHandler(w http.ResponseWriter, _ *http.Request, err error) {
+	x.fail(w, err)
+}
+
+// rewrite is the proxy's Rewrite. The proxy has already removed hop-by-hop
+// and client-sent forwarding headers; the backend URL is set per attempt.
+func (x *exchange) rewrite(pr *httputil.ProxyRequest) {
+	pr.SetXForwarded()
+	h := pr.Out.Header
+	delete(h, "Authorization")
+	// Tollgate has already read (or is streaming) the body, answering the
+	// client's 100-continue itself; asking the backend again only costs a
+	// round trip per attempt.
+	delete(h, "Expect")
+	h[hdrClientID] = x.vals.one(valClientID)
+	h[hdrRequestID] = x.idVal
+}
+
+// Write receives the proxy's ErrorLog lines.
+func (x *exchange) Write(line []byte) (int, error) {
+	x.p.logger.LogAttrs(x.in.Context(), slog.LevelWarn, "proxy error",
+		slog.String("request_id", x.requestID()),
+		slog.String("client_id", x.clientID()),
+		slog.String("backend", x.backend),
+		slog.String("err", strings.TrimSpace(string(line))),
+	)
+	return len(line), nil
+}

@@ -1,0 +1,233 @@
+// Package pipeline owns the main port's request path (SPEC 3): authenticate
+// the API key, admit the request against the client's bucket, pick a healthy
+// backend round-robin, forward through net/http/httputil.ReverseProxy and
+// retry failed attempts on other backends. It also stamps request IDs and
+// writes the access log (SPEC 6).
+//
+// A Pipeline starts no goroutines of its own; the http.Transport it builds
+// keeps pooled connections, which CloseIdleConnections releases at shutdown.
+package pipeline
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// Admitter decides whether a client may send one more request. It is
+// implemented by actors.Limiter.
+type Admitter interface {
+	// Admit takes one token from the bucket of the client owning apiKey.
+	// Errors: messages.ErrUnknownKey (401), messages.ErrUnavailable (503
+	// "store unavailable"), messages.ErrStopped (503), ctx errors. A refused
+	// request is not an error: Decision.Allowed is false (429).
+	Admit(ctx context.Context, apiKey string) (messages.Decision, error)
+}
+
+// Backends is the live set of upstream servers. It is implemented by
+// actors.Registry.
+type Backends interface {
+	// Healthy returns an immutable snapshot of the healthy backends; callers
+	// must not modify it. It must be cheap: it runs on every attempt.
+	Healthy() []messages.Backend
+	// ReportFailure is the passive health check: a connection to b failed.
+	ReportFailure(ctx context.Context, b messages.Backend, err error)
+}
+
+// Options configures New. Admitter and Backends are required.
+type Options struct {
+	Admitter Admitter
+	Backends Backends
+	// MaxRetries is how many more attempts a failed request may make;
+	// negative counts as 0. SetLimits changes it live.
+	MaxRetries int
+	// RequestTimeout bounds each attempt, from sending the request to the
+	// end of the response body; 0 means no bound. SetLimits changes it live.
+	RequestTimeout time.Duration
+	// MaxRetryBodyBytes is the largest request body buffered so it can be
+	// sent again on retry. Larger bodies are streamed in one attempt; 0
+	// streams every body. Values above 1 GiB count as 1 GiB.
+	MaxRetryBodyBytes int64
+	// Logger receives access lines (debug), retries and failures (warn).
+	// Nil discards.
+	Logger *slog.Logger
+	// AccessLog raises the per-request access line from debug to info.
+	AccessLog bool
+	// Transport sends each attempt. Nil means a transport tuned for many
+	// keep-alive connections to few hosts, owned by the Pipeline.
+	Transport http.RoundTripper
+}
+
+// Pipeline is the http.Handler of the main port. It is safe for concurrent
+// use; SetLimits may run while it serves.
+type Pipeline struct {
+	admitter    Admitter
+	backends    Backends
+	transport   http.RoundTripper
+	maxBody     int64
+	logger      *slog.Logger
+	accessLevel slog.Level
+
+	limits    atomic.Pointer[limits]
+	next      atomic.Uint64 // round-robin position
+	ids       idSource
+	buffers   copyBuffers // ReverseProxy's response copy buffers
+	exchanges sync.Pool   // *exchange, one per request in flight
+}
+
+// limits are the settings SIGHUP may change; a new value replaces the old
+// one whole, so an attempt loop sees one consistent pair.
+type limits struct {
+	maxRetries     int
+	requestTimeout time.Duration
+}
+
+// New returns a Pipeline. It panics if Admitter or Backends is nil, which is
+// a wiring mistake rather than a runtime condition.
+func New(opts Options) *Pipeline {
+	if opts.Admitter == nil || opts.Backends == nil {
+		panic("pipeline: New needs an Admitter and a Backends")
+	}
+	p := &Pipeline{
+		admitter:    opts.Admitter,
+		backends:    opts.Backends,
+		transport:   opts.Transport,
+		maxBody:     min(max(opts.MaxRetryBodyBytes, 0), maxRetryBodyLimit),
+		logger:      opts.Logger,
+		accessLevel: slog.LevelDebug,
+	}
+	p.ids.init()
+	if p.transport == nil {
+		p.transport = newTransport()
+	}
+	if p.logger == nil {
+		p.logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.AccessLog {
+		p.accessLevel = slog.LevelInfo
+	}
+	p.exchanges.New = func() any { return newExchange(p) }
+	p.SetLimits(opts.MaxRetries, opts.RequestTimeout)
+	return p
+}
+
+// SetLimits changes the retry budget and the per-attempt timeout for
+// requests that start after it returns. Safe to call while serving.
+func (p *Pipeline) SetLimits(maxRetries int, requestTimeout time.Duration) {
+	p.limits.Store(&limits{
+		maxRetries:     max(maxRetries, 0),
+		requestTimeout: max(requestTimeout, 0),
+	})
+}
+
+// CloseIdleConnections closes the transport's idle keep-alive connections
+// to backends, so no connection goroutine outlives shutdown.
+func (p *Pipeline) CloseIdleConnections() {
+	if c, ok := p.transport.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// ServeHTTP runs one request through authenticate, admit, pick, forward and
+// retry. Every answer carries X-Request-Id; answers to admitted or refused
+// requests carry the rate-limit headers.
+func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	x := p.exchanges.Get().(*exchange)
+	x.begin(r)
+	// Deferred so the access line is written and x recycled even when the
+	// proxy aborts a broken response stream with http.ErrAbortHandler.
+	defer p.finish(x)
+
+	vals := r.Header["Authorization"]
+	if len(vals) == 0 || vals[0] == "" {
+		x.reply(w, replyMissingKey)
+		return
+	}
+	key, ok := parseAuthorization(vals[0])
+	if !ok || len(vals) > 1 {
+		x.reply(w, replyInvalidKey)
+		return
+	}
+	d, err := p.admitter.Admit(r.Context(), key)
+	if err != nil {
+		x.fail(w, err)
+		return
+	}
+	x.admit(d)
+	if !d.Allowed {
+		x.reply(w, replyRateLimited)
+		return
+	}
+	// Stamped before forwarding by assignment, which costs nothing;
+	// stamping the backend's answer would cost an allocation per header
+	// when the proxy copies it over.
+	x.w = w
+	x.stamp(w.Header())
+	x.proxy.ServeHTTP(w, r)
+}
+
+// finish logs the request and recycles its exchange.
+func (p *Pipeline) finish(x *exchange) {
+	p.logAccess(x)
+	x.reset()
+	p.exchanges.Put(x)
+}
+
+// pick returns the next healthy backend round-robin, skipping those this
+// request already tried. ok is false when there is none left.
+func (p *Pipeline) pick(tried []int) (b messages.Backend, ok bool) {
+	healthy := p.backends.Healthy()
+	n := uint64(len(healthy))
+	if n == 0 {
+		return messages.Backend{}, false
+	}
+	start := p.next.Add(1) - 1
+	for i := range n {
+		b = healthy[(start+i)%n]
+		if !containsID(tried, b.ID) {
+			return b, true
+		}
+	}
+	return messages.Backend{}, false
+}
+
+func containsID(ids []int, id int) bool {
+	for _, v := range ids {
+		if v == id {
+			return true
+		}
+	}
+	return false
+}
+
+// maxRetryBodyLimit caps MaxRetryBodyBytes, so a misconfiguration cannot
+// make one request buffer without bound.
+const maxRetryBodyLimit = 1 << 30
+
+// Transport tuning: Tollgate talks to a handful of backends with many
+// concurrent requests each, so the idle pool per host is large. There is no
+// ResponseHeaderTimeout: the per-attempt context bounds the whole attempt.
+const (
+	dialTimeout         = 5 * time.Second
+	maxIdleConnsPerHost = 512
+	idleConnTimeout     = 90 * time.Second
+)
+
+func newTransport() *http.Transport {
+	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		DialContext:           d.DialContext,
+		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
+		IdleConnTimeout:       idleConnTimeout,
+		DisableCompression:    true, // pass encodings through untouched
+		ForceAttemptHTTP2:     false,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+}

@@ -1,0 +1,312 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// failKind says how an attempt failed.
+type failKind uint8
+
+const (
+	failNone     failKind = iota // the backend answered and the answer stands
+	failConn                     // connection error: refused, reset, closed
+	failTimeout                  // the attempt ran out of request_timeout
+	failAnswer                   // the backend answered 502, 503 or 504
+	failCanceled                 // the client went away; not the backend's fault
+)
+
+// failure describes a failed attempt.
+type failure struct {
+	kind failKind
+	// sent: the request may have reached the backend. False only when the
+	// connection was never established, so nothing can have been acted on.
+	sent bool
+}
+
+// shouldRetry is the retry policy of SPEC 3 step 5, leaving aside the
+// budget and the backends left: idempotent methods and requests carrying
+// an Idempotency-Key retry on any failure; others only when nothing was
+// sent. A client cancellation is never retried.
+func shouldRetry(method string, hasIdempotencyKey bool, f failure) bool {
+	switch f.kind {
+	case failConn, failTimeout, failAnswer:
+	default:
+		return false
+	}
+	return !f.sent || hasIdempotencyKey || idempotent(method)
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions,
+		http.MethodPut, http.MethodDelete, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// failedStatus reports whether an answer counts as a failed attempt.
+func failedStatus(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable ||
+		code == http.StatusGatewayTimeout
+}
+
+// isDialError reports whether err means the connection was never made.
+func isDialError(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// outcome is the result of one attempt.
+type outcome struct {
+	res    *http.Response // nil when the transport failed
+	cancel context.CancelFunc
+	err    error
+	fail   failure
+}
+
+// RoundTrip is the attempt loop. The proxy calls it once per request with
+// the rewritten outbound request; each attempt goes to a backend not yet
+// tried, and the answer returned is the one the proxy streams back.
+func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
+	lim := x.p.limits.Load()
+	body, err := x.p.prepareBody(out)
+	if err != nil {
+		return nil, err
+	}
+	defer body.release()
+	budget := lim.maxRetries + 1
+	if !body.replayable() {
+		budget = 1
+	}
+	hasKey := len(out.Header[hdrIdempotencyKey]) > 0
+
+	var last lastFailure
+	for x.attempts < budget {
+		b, ok := x.p.pick(x.tried)
+		if !ok {
+			if x.attempts == 0 {
+				return nil, messages.ErrNoBackend
+			}
+			break
+		}
+		if x.attempts > 0 {
+			x.logRetry(&last, b)
+		}
+		x.attempts++
+		x.tried = append(x.tried, b.ID)
+		x.backend = b.URL.Host
+		o := x.try(out, b, &body, lim.requestTimeout)
+		if o.fail.kind == failConn {
+			x.p.backends.ReportFailure(out.Context(), b, o.err)
+		}
+		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail)
+		if res, done, err := x.settle(out, &last, o, retry); done {
+			return res, err
+		}
+		if !retry {
+			break
+		}
+	}
+	return x.giveUp(&last)
+}
+
+// lastFailure is what the attempt loop keeps of the failed attempts.
+type lastFailure struct {
+	answer  *http.Response // latest failed answer, held in memory
+	host    string         // backend of answer
+	backend string         // backend of the latest attempt
+	status  int            // its answer's status, 0 if none
+	err     error          // its error, nil for an answer held
+	fail    failure
+}
+
+// settle acts on an attempt's outcome. done reports that res or err is the
+// loop's result; otherwise the failure is recorded in last.
+func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry bool) (res *http.Response, done bool, err error) {
+	switch {
+	case o.fail.kind == failNone:
+		closeAnswer(last.answer)
+		return x.deliver(o.res, o.cancel), true, nil
+	case o.fail.kind == failCanceled:
+		closeAnswer(last.answer)
+		return nil, true, out.Context().Err()
+	case o.res != nil:
+		closeAnswer(last.answer)
+		last.answer = nil
+		if !retry {
+			return x.deliver(o.res, o.cancel), true, nil
+		}
+		if o.err = holdAnswer(o.res, o.cancel); o.err == errAnswerTooLarge {
+			return x.deliver(o.res, o.cancel), true, nil
+		} else if o.err == nil {
+			last.answer, last.host = o.res, x.backend
+		}
+	}
+	last.backend, last.status, last.err, last.fail = x.backend, 0, o.err, o.fail
+	if o.res != nil {
+		last.status = o.res.StatusCode
+	}
+	return nil, false, nil
+}
+
+// giveUp ends a request whose every attempt failed: the last answer if a
+// backend gave one, else an error for a 504 or a 502.
+func (x *exchange) giveUp(last *lastFailure) (*http.Response, error) {
+	switch {
+	case last.answer != nil:
+		x.backend = last.host
+		return x.deliver(last.answer, noCancel), nil
+	case last.fail.kind == failTimeout:
+		return nil, fmt.Errorf("%w: %w", errGatewayTimeout, last.err)
+	default:
+		return nil, fmt.Errorf("%w: %w", errBadGateway, last.err)
+	}
+}
+
+func noCancel() {}
+
+// try makes one attempt on b. Its context ends at request_timeout; on
+// success the returned cancel is owned by the response body.
+func (x *exchange) try(out *http.Request, b messages.Backend, body *requestBody, timeout time.Duration) outcome {
+	ctx, cancel := out.Context(), context.CancelFunc(noCancel)
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+	}
+	res, err := x.p.transport.RoundTrip(attemptRequest(ctx, out, b, body))
+	if err != nil {
+		f := classify(out.Context(), ctx, err)
+		cancel()
+		return outcome{err: err, fail: f}
+	}
+	if failedStatus(res.StatusCode) {
+		return outcome{res: res, cancel: cancel, fail: failure{kind: failAnswer, sent: true}}
+	}
+	return outcome{res: res, cancel: cancel}
+}
+
+// classify tells a client cancellation, a timeout and a connection error
+// apart, in that order: the client's context and the attempt's deadline
+// explain an error better than its text does.
+func classify(client, attempt context.Context, err error) failure {
+	switch {
+	case client.Err() != nil:
+		return failure{kind: failCanceled, sent: true}
+	case attempt.Err() == context.DeadlineExceeded:
+		return failure{kind: failTimeout, sent: !isDialError(err)}
+	default:
+		return failure{kind: failConn, sent: !isDialError(err)}
+	}
+}
+
+// attemptRequest is out aimed at b, with its own context and body reader.
+// out itself is left alone: every attempt starts from it.
+func attemptRequest(ctx context.Context, out *http.Request, b messages.Backend, body *requestBody) *http.Request {
+	req := out.WithContext(ctx)
+	u := *out.URL
+	u.Scheme, u.Host = b.URL.Scheme, b.URL.Host
+	if b.URL.Path != "" || b.URL.RawQuery != "" {
+		joinURL(&u, b.URL)
+	}
+	req.URL = &u
+	req.Host = b.URL.Host
+	body.attach(req)
+	return req
+}
+
+// joinURL puts u under the base path and query of target, as
+// httputil.NewSingleHostReverseProxy does.
+func joinURL(u, target *url.URL) {
+	if target.Path != "" && target.Path != "/" {
+		if target.RawPath != "" || u.RawPath != "" {
+			u.RawPath = strings.TrimSuffix(target.EscapedPath(), "/") + "/" +
+				strings.TrimPrefix(u.EscapedPath(), "/")
+		}
+		u.Path = strings.TrimSuffix(target.Path, "/") + "/" + strings.TrimPrefix(u.Path, "/")
+	}
+	switch {
+	case target.RawQuery == "":
+	case u.RawQuery == "":
+		u.RawQuery = target.RawQuery
+	default:
+		u.RawQuery = target.RawQuery + "&" + u.RawQuery
+	}
+}
+
+// deliver readies the answer the proxy will stream to the client.
+func (x *exchange) deliver(res *http.Response, cancel context.CancelFunc) *http.Response {
+	x.status = res.StatusCode
+	if res.Header == nil {
+		res.Header = make(http.Header)
+	}
+	if res.Body == nil {
+		res.Body = http.NoBody
+	}
+	// Tollgate's headers are on the ResponseWriter already and the proxy
+	// adds the backend's to them, so the backend's copies of ours go.
+	for _, k := range stampedKeys {
+		delete(res.Header, k)
+	}
+	// Relaying a 1xx clears the writer's headers; then ours ride on the
+	// answer. Reading the writer's headers here is race-free: the
+	// transport runs the 1xx hook before it hands over the final answer.
+	if _, ok := x.w.Header()[hdrRequestID]; !ok {
+		x.stamp(res.Header)
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		// The proxy needs the raw body to take over the connection, and
+		// the transport stops watching the attempt's context at a 101.
+		cancel()
+		return res
+	}
+	x.body = attemptBody{rc: res.Body, cancel: cancel}
+	res.Body = &x.body
+	return res
+}
+
+// closeAnswer discards a held failed answer that a later one replaces.
+func closeAnswer(res *http.Response) {
+	if res != nil {
+		_ = res.Body.Close() // held in memory; closing cannot fail
+	}
+}
+
+// logRetry logs a retry on next after the failed attempt in last.
+func (x *exchange) logRetry(last *lastFailure, next messages.Backend) {
+	ctx := x.in.Context()
+	if !x.p.logger.Enabled(ctx, slog.LevelWarn) {
+		return
+	}
+	attrs := [8]slog.Attr{
+		slog.String("request_id", x.requestID()),
+		slog.String("client_id", x.clientID()),
+		slog.String("method", x.in.Method),
+		slog.String("backend", last.backend),
+		slog.String("next_backend", next.URL.Host),
+		slog.Int("attempt", x.attempts),
+	}
+	n := 6
+	if last.status != 0 {
+		attrs[n] = slog.Int("status", last.status)
+		n++
+	}
+	if last.err != nil {
+		attrs[n] = slog.Any("err", last.err)
+		n++
+	}
+	x.p.logger.LogAttrs(ctx, slog.LevelWarn, "retrying request", attrs[:n]...)
+}
