@@ -111,6 +111,16 @@ func (l *Limiter) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// CachedClients is how many clients are cached now, for metrics. It reads
+// counters the shards publish and needs no round trip.
+func (l *Limiter) CachedClients() int {
+	n := int64(0)
+	for _, s := range l.shards {
+		n += s.cached.Load()
+	}
+	return int(n)
+}
+
 func (l *Limiter) shardFor(h messages.KeyHash) *shard {
 	return l.shards[h.Fingerprint()%uint64(len(l.shards))]
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/messages"
@@ -120,6 +121,8 @@ type shard struct {
 	done   chan struct{}
 	cfg    *limiterConfig
 	log    *slog.Logger
+	// cached mirrors len(cache) for metrics, written only by the loop.
+	cached atomic.Int64
 
 	// Owned by the Run goroutine.
 	index   map[uint64]struct{} // fingerprints of every stored key of this shard
@@ -263,6 +266,7 @@ func (s *shard) install(c messages.Client, b bucket, now int64) *entry {
 	}
 	e := newEntry(c, b, now)
 	s.cache[c.KeyHash] = e
+	s.cached.Store(int64(len(s.cache)))
 	return e
 }
 
@@ -292,6 +296,7 @@ func (s *shard) remove(m *removeMsg) peekReply {
 		return peekReply{}
 	}
 	delete(s.cache, m.hash)
+	s.cached.Store(int64(len(s.cache)))
 	e.b.refill(time.Now().UnixNano())
 	rep := peekReply{b: e.b, cached: true}
 	freeEntry(e)
@@ -331,6 +336,7 @@ func (s *shard) sweep(now int64) {
 		delete(s.cache, h)
 		freeEntry(e)
 	}
+	s.cached.Store(int64(len(s.cache)))
 }
 
 func (s *shard) collect() collected {
