@@ -98,8 +98,14 @@ func writeConfig(t *testing.T, cfg any) string {
 }
 
 // start runs Tollgate with cfg on loopback ports until the test ends.
+//
+// DATABASE_URL overrides the config (SPEC 2), and make test exports one for
+// the throwaway PostgreSQL: it is set here to the config's database_url,
+// so a config without one really runs on the embedded store.
 func start(t *testing.T, cfg map[string]any, extraArgs ...string) *instance {
 	t.Helper()
+	dsn, _ := cfg["database_url"].(string)
+	t.Setenv("DATABASE_URL", dsn)
 	logs := &logBuffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	args := append([]string{"-config", writeConfig(t, cfg), "-addr", "127.0.0.1:0"}, extraArgs...)
@@ -228,6 +234,7 @@ func TestBinaryExitsZeroOnSIGTERM(t *testing.T) {
 
 	cfg := baseConfig(t, "http://127.0.0.1:1")
 	cmd := exec.Command(bin, "-config", writeConfig(t, cfg), "-addr", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "DATABASE_URL=") // empty counts as unset
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
