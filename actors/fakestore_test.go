@@ -23,6 +23,9 @@ type memStore struct {
 	saves     atomic.Int64
 	loadGate  chan struct{} // when non-nil, GetClientByKey waits for it
 	saveCalls func([]messages.BucketState)
+	// afterKeyRefs runs once KeyRefs has taken its snapshot, before it
+	// returns: changes it makes are missing from that snapshot.
+	afterKeyRefs func()
 }
 
 var _ persist.Store = (*memStore)(nil)
@@ -111,6 +114,11 @@ func (m *memStore) KeyRefs(context.Context) ([]messages.KeyRef, error) {
 	var refs []messages.KeyRef
 	for _, c := range m.clients {
 		refs = append(refs, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash})
+	}
+	if m.afterKeyRefs != nil {
+		m.mu.Unlock()
+		m.afterKeyRefs()
+		m.mu.Lock()
 	}
 	return refs, nil
 }

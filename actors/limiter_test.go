@@ -250,14 +250,14 @@ func TestIdleClientIsEvictedAfterTTLWithItsStateKept(t *testing.T) {
 		require.NoError(t, err)
 		assert.False(t, rep.cached, "evicted")
 
-		states, _, err := l.Collect(t.Context())
-		require.NoError(t, err)
-		require.Len(t, states, 1, "the evicted state waits for the persister")
-		assert.InDelta(t, 9, states[0].Tokens, 0.1)
+		assert.InDelta(t, 10, store.get("c").Tokens, 1e-9, "not saved yet")
 
-		_, err = l.Admit(t.Context(), "key-c-0123456789")
+		// Before the persister saved it: the reload resumes from the
+		// evicted state, not the store's full bucket.
+		d, err := l.Admit(t.Context(), "key-c-0123456789")
 		require.NoError(t, err)
 		assert.Equal(t, int64(2), store.keyLoads.Load(), "reloaded on its next request")
+		assert.Equal(t, int64(8), d.Remaining)
 	})
 }
 
@@ -288,4 +288,23 @@ func TestLimiterShutdown(t *testing.T) {
 	require.ErrorIs(t, err, messages.ErrStopped)
 	_, err = l.GetClient(t.Context(), "c")
 	require.ErrorIs(t, err, messages.ErrStopped)
+}
+
+func TestSweepHandsEvictedStateToTheNextCollect(t *testing.T) {
+	s := newShard(&limiterConfig{cacheTTL: time.Minute}, discard)
+	for _, id := range []string{"busy", "idle-changed", "idle-unchanged"} {
+		c := newClient(id, "key-"+id+"-0123456789", 1, 10, time.Unix(0, 0))
+		s.install(c, newBucket(c), 0)
+	}
+	s.take(s.cache[messages.HashKey("key-idle-changed-0123456789")], 0)
+	s.take(s.cache[messages.HashKey("key-busy-0123456789")], 50*sec)
+
+	s.sweep(70 * sec)
+	assert.Len(t, s.cache, 1, "only the busy client stays")
+	got := s.collect()
+	ids := []string{}
+	for _, st := range got.states {
+		ids = append(ids, st.ClientID)
+	}
+	assert.ElementsMatch(t, []string{"idle-changed", "busy"}, ids, "changed states, evicted or not; the unchanged one needs no save")
 }

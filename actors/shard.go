@@ -68,7 +68,13 @@ type (
 		client messages.Client
 		b      bucket
 		dirty  bool // the bucket carries state not yet saved
-		reply  chan struct{}
+		// indexOnly indexes the key without caching a bucket: the first
+		// request loads it (a client created on another instance).
+		indexOnly bool
+		// keepCached leaves an already cached bucket as it is (the echo of
+		// this instance's own change, arriving after it).
+		keepCached bool
+		reply      chan struct{}
 	}
 	// limitsMsg applies a PATCH to the cached bucket, if any.
 	limitsMsg struct {
@@ -88,6 +94,18 @@ type (
 	peekMsg struct {
 		hash  messages.KeyHash
 		reply chan peekReply
+	}
+	// markMsg starts a resync: from now on the shard notes every key it
+	// indexes or drops, so the snapshot that follows cannot undo them.
+	markMsg struct {
+		reply chan struct{}
+	}
+	// replaceIndexMsg ends a resync with the store's snapshot of this
+	// shard's fingerprints.
+	replaceIndexMsg struct {
+		fps       []uint64
+		dropCache bool
+		reply     chan struct{}
 	}
 	// collectMsg hands the persister every changed state since the last
 	// collect, and the ids deleted since.
@@ -128,8 +146,12 @@ type shard struct {
 	index   map[uint64]struct{} // fingerprints of every stored key of this shard
 	cache   map[messages.KeyHash]*entry
 	loading map[messages.KeyHash]*pendingLoad
-	evicted []messages.BucketState // dirty states of evicted entries, not yet collected
-	deleted []string               // client ids deleted since the last collect
+	// evicted holds the unsaved states of evicted entries until the
+	// persister collects them; a reload of the client resumes from here,
+	// not from the older state in the store.
+	evicted map[string]messages.BucketState
+	deleted []string            // client ids deleted since the last collect
+	touched map[uint64]struct{} // during a resync: keys indexed or dropped since its mark
 }
 
 func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
@@ -202,8 +224,13 @@ func (s *shard) control(m any) {
 	case *loadDone:
 		s.loaded(m)
 	case *installMsg:
-		e := s.install(m.client, m.b, time.Now().UnixNano())
-		e.dirty = m.dirty
+		s.installMsg(m)
+		m.reply <- struct{}{}
+	case *markMsg:
+		s.touched = make(map[uint64]struct{})
+		m.reply <- struct{}{}
+	case *replaceIndexMsg:
+		s.replaceIndex(m)
 		m.reply <- struct{}{}
 	case *limitsMsg:
 		s.setLimits(m)
@@ -249,18 +276,81 @@ func (s *shard) loaded(m *loadDone) {
 		return
 	}
 	now := time.Now().UnixNano()
-	b := newBucket(m.client)
+	c, dirty := m.client, false
+	if st, ok := s.evicted[c.ID]; ok && !st.LastRefill.Before(c.LastRefill) {
+		// Evicted here and not saved yet: that state is newer.
+		c.Tokens, c.LastRefill, dirty = st.Tokens, st.LastRefill, true
+		delete(s.evicted, c.ID)
+	}
+	b := newBucket(c)
 	for _, l := range p.limits {
 		b.setLimits(now, l)
 	}
-	e := s.install(m.client, b, now)
+	e := s.install(c, b, now)
+	e.dirty = dirty
 	for _, w := range waiters {
 		w.reply <- s.take(e, w.now)
 	}
 }
 
+func (s *shard) installMsg(m *installMsg) {
+	if m.indexOnly {
+		s.indexKey(m.client.KeyHash.Fingerprint())
+		return
+	}
+	if _, ok := s.cache[m.client.KeyHash]; ok && m.keepCached {
+		return
+	}
+	e := s.install(m.client, m.b, time.Now().UnixNano())
+	e.dirty = m.dirty
+}
+
+func (s *shard) indexKey(fp uint64) {
+	s.index[fp] = struct{}{}
+	if s.touched != nil {
+		s.touched[fp] = struct{}{}
+	}
+}
+
+func (s *shard) unindexKey(fp uint64) {
+	delete(s.index, fp)
+	if s.touched != nil {
+		s.touched[fp] = struct{}{}
+	}
+}
+
+// replaceIndex takes the store's snapshot as the index, except for keys
+// this shard indexed or dropped since the mark: those it knows better.
+func (s *shard) replaceIndex(m *replaceIndexMsg) {
+	index := make(map[uint64]struct{}, len(m.fps))
+	for _, fp := range m.fps {
+		index[fp] = struct{}{}
+	}
+	for fp := range s.touched {
+		if _, ok := s.index[fp]; ok {
+			index[fp] = struct{}{}
+		} else {
+			delete(index, fp)
+		}
+	}
+	s.index, s.touched = index, nil
+	// A cached client whose key left the index was deleted or rotated on
+	// another instance while we were not listening.
+	for h, e := range s.cache {
+		if _, ok := s.index[h.Fingerprint()]; ok && !m.dropCache {
+			continue
+		}
+		if e.dirty {
+			s.evict(e)
+		}
+		delete(s.cache, h)
+		freeEntry(e)
+	}
+	s.cached.Store(int64(len(s.cache)))
+}
+
 func (s *shard) install(c messages.Client, b bucket, now int64) *entry {
-	s.index[c.KeyHash.Fingerprint()] = struct{}{}
+	s.indexKey(c.KeyHash.Fingerprint())
 	if old, ok := s.cache[c.KeyHash]; ok {
 		freeEntry(old)
 	}
@@ -283,13 +373,13 @@ func (s *shard) setLimits(m *limitsMsg) {
 }
 
 func (s *shard) remove(m *removeMsg) peekReply {
-	delete(s.index, m.hash.Fingerprint())
+	s.unindexKey(m.hash.Fingerprint())
 	if p, ok := s.loading[m.hash]; ok {
 		p.removed = true
 	}
 	if m.deleted {
 		s.deleted = append(s.deleted, m.clientID)
-		s.dropEvicted(m.clientID)
+		delete(s.evicted, m.clientID)
 	}
 	e, ok := s.cache[m.hash]
 	if !ok {
@@ -303,14 +393,12 @@ func (s *shard) remove(m *removeMsg) peekReply {
 	return rep
 }
 
-func (s *shard) dropEvicted(clientID string) {
-	kept := s.evicted[:0]
-	for _, st := range s.evicted {
-		if st.ClientID != clientID {
-			kept = append(kept, st)
-		}
+// evict keeps a changed entry's state for the persister.
+func (s *shard) evict(e *entry) {
+	if s.evicted == nil {
+		s.evicted = make(map[string]messages.BucketState)
 	}
-	s.evicted = kept
+	s.evicted[e.clientID] = e.b.state(e.clientID)
 }
 
 // refillAll brings every cached bucket up to now, so that reads and saves
@@ -331,7 +419,7 @@ func (s *shard) sweep(now int64) {
 			continue
 		}
 		if e.dirty {
-			s.evicted = append(s.evicted, e.b.state(e.clientID))
+			s.evict(e)
 		}
 		delete(s.cache, h)
 		freeEntry(e)
@@ -340,7 +428,10 @@ func (s *shard) sweep(now int64) {
 }
 
 func (s *shard) collect() collected {
-	c := collected{states: s.evicted, deleted: s.deleted}
+	c := collected{states: make([]messages.BucketState, 0, len(s.evicted)), deleted: s.deleted}
+	for _, st := range s.evicted {
+		c.states = append(c.states, st)
+	}
 	s.evicted, s.deleted = nil, nil
 	for _, e := range s.cache {
 		if e.dirty {

@@ -117,3 +117,21 @@ type BackendStatus struct {
 	ConsecutiveSuccesses int
 	Since                time.Time // when Healthy last changed
 }
+
+// Change is an admin change to a client as the store reports it to every
+// instance sharing it (PostgreSQL LISTEN/NOTIFY), or a request to resync.
+type Change struct {
+	// Resync means changes may have been missed: reload the key index.
+	// DropCache also drops cached clients, whose limits may be stale.
+	Resync    bool
+	DropCache bool
+
+	Deleted  bool
+	ClientID string
+	KeyHash  KeyHash // the client's key; for a delete, the key it had
+	// OldKeyHash is the key before a rotation; zero when the key did not
+	// change.
+	OldKeyHash KeyHash
+	RatePerSec float64
+	Capacity   int64
+}
