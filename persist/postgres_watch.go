@@ -1,0 +1,150 @@
+package persist
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// Watcher is a Store that reports admin changes made by any instance
+// sharing it. The embedded store has no other instances and is no Watcher.
+type Watcher interface {
+	// Watch calls apply with every change until ctx is cancelled, then
+	// returns nil. Whenever changes may have been missed (when it starts
+	// listening, after a lost connection) and every resyncEvery besides,
+	// it calls apply with a Resync change instead. It stops early, with
+	// nil, when apply returns messages.ErrStopped.
+	Watch(ctx context.Context, resyncEvery time.Duration, apply func(context.Context, messages.Change) error) error
+}
+
+var _ Watcher = (*Postgres)(nil)
+
+const (
+	notifyChannel     = "tollgate_clients"
+	listenAppName     = "tollgate-listener"
+	listenBackoffMin  = 100 * time.Millisecond
+	listenBackoffMax  = 5 * time.Second
+	defaultResyncEach = time.Minute
+)
+
+// Watch listens on its own connection, taken out of the pool for good,
+// and reconnects with backoff when it is lost.
+func (p *Postgres) Watch(ctx context.Context, resyncEvery time.Duration, apply func(context.Context, messages.Change) error) error {
+	if resyncEvery <= 0 {
+		resyncEvery = defaultResyncEach
+	}
+	log := p.log.With("component", "listener")
+	backoff := listenBackoffMin
+	wait := time.NewTimer(0)
+	defer wait.Stop()
+	for first := true; ; first = false {
+		listened, err := p.listen(ctx, !first, resyncEvery, apply)
+		if ctx.Err() != nil || errors.Is(err, messages.ErrStopped) {
+			return nil
+		}
+		if listened {
+			backoff = listenBackoffMin // a fresh loss, not a failing reconnect
+		}
+		log.Warn("change listener lost; reconnecting", "backoff", backoff.String(), slog.Any("err", err))
+		wait.Reset(backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wait.C:
+		}
+		backoff = min(2*backoff, listenBackoffMax)
+	}
+}
+
+// listen runs one listening connection until it fails, and reports
+// whether it got as far as listening.
+func (p *Postgres) listen(ctx context.Context, reconnected bool, resyncEvery time.Duration, apply func(context.Context, messages.Change) error) (bool, error) {
+	pooled, err := p.pool.Acquire(ctx)
+	if err != nil {
+		return false, p.wrap("listen", err)
+	}
+	conn := pooled.Hijack() // a LISTENing connection must not go back to the pool
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "SET application_name = '"+listenAppName+"'; LISTEN "+notifyChannel); err != nil {
+		return false, p.wrap("listen", err)
+	}
+	// Changes made before LISTEN took effect were not heard: at start,
+	// those since the key index was loaded; after a loss, any number,
+	// so cached clients may be stale too.
+	if err := apply(ctx, messages.Change{Resync: true, DropCache: reconnected}); err != nil {
+		return true, err
+	}
+	for {
+		if err := p.wait(ctx, conn, resyncEvery, apply); err != nil {
+			return true, err
+		}
+	}
+}
+
+// wait handles one notification, or resyncs when none came for a while.
+func (p *Postgres) wait(ctx context.Context, conn *pgx.Conn, resyncEvery time.Duration, apply func(context.Context, messages.Change) error) error {
+	wctx, cancel := context.WithTimeout(ctx, resyncEvery)
+	n, err := conn.WaitForNotification(wctx)
+	cancel()
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case err != nil && errors.Is(err, context.DeadlineExceeded) && !conn.IsClosed():
+		return apply(ctx, messages.Change{Resync: true})
+	case err != nil:
+		return p.wrap("listen", err)
+	}
+	ch, err := decodeChange(n.Payload)
+	if err != nil {
+		// Not ours to fail on: someone else's payload on our channel.
+		p.log.Warn("ignoring malformed change notification", slog.Any("err", err))
+		return nil
+	}
+	return apply(ctx, ch)
+}
+
+type changePayload struct {
+	Op       string  `json:"op"`
+	ID       string  `json:"id"`
+	Hash     string  `json:"hash"`
+	OldHash  string  `json:"old_hash"`
+	Rate     float64 `json:"rate"`
+	Capacity int64   `json:"capacity"`
+}
+
+func decodeChange(payload string) (messages.Change, error) {
+	var cp changePayload
+	if err := json.Unmarshal([]byte(payload), &cp); err != nil {
+		return messages.Change{}, fmt.Errorf("persist: change payload: %w", err)
+	}
+	ch := messages.Change{ClientID: cp.ID, Deleted: cp.Op == "delete", RatePerSec: cp.Rate, Capacity: cp.Capacity}
+	if cp.Op != "delete" && cp.Op != "upsert" {
+		return ch, fmt.Errorf("persist: change payload: unknown op %q", cp.Op)
+	}
+	if err := decodeHash(cp.Hash, &ch.KeyHash); err != nil {
+		return ch, err
+	}
+	if cp.OldHash != "" {
+		if err := decodeHash(cp.OldHash, &ch.OldKeyHash); err != nil {
+			return ch, err
+		}
+	}
+	return ch, nil
+}
+
+func decodeHash(s string, h *messages.KeyHash) error {
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(h) {
+		return fmt.Errorf("persist: change payload: bad key hash %q", s)
+	}
+	copy(h[:], b)
+	return nil
+}
