@@ -109,6 +109,9 @@ type app struct {
 	registry  *actors.Registry
 	forward   *pipeline.Pipeline
 	admin     http.Handler
+	// watcher reports other instances' admin changes; nil for the
+	// embedded store, which has no other instances.
+	watcher persist.Watcher
 }
 
 func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log *slog.Logger) (*app, error) {
@@ -128,6 +131,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 		return nil, err
 	}
 	a := &app{
+		watcher:  asWatcher(store),
 		limiter:  limiter,
 		registry: registry,
 		persister: actors.NewPersister(actors.PersisterConfig{
@@ -210,6 +214,16 @@ func newServer(name, addr string, h http.Handler, log *slog.Logger) (*server, er
 	}}, nil
 }
 
+// keyIndexResync is how often the key index is reloaded from a shared
+// store besides its change notifications, which are lossless while the
+// listener is connected: this is a backstop, so it can be slow.
+const keyIndexResync = 5 * time.Minute
+
+func asWatcher(s persist.Store) persist.Watcher {
+	w, _ := s.(persist.Watcher)
+	return w
+}
+
 // run supervises every part under one errgroup and stops them in order:
 // the HTTP servers drain first, then probes stop and the persister
 // flushes, then the limiter shards it flushes from stop.
@@ -230,6 +244,9 @@ func (a *app) run(ctx context.Context, servers []*server, shutdownTimeout time.D
 		defer stopActors()
 		return a.persister.Run(persistCtx)
 	})
+	if a.watcher != nil {
+		g.Go(func() error { return a.watcher.Watch(persistCtx, keyIndexResync, a.limiter.ApplyChange) })
+	}
 	g.Go(func() error {
 		defer stopPersist()
 		return serve(gctx, servers, shutdownTimeout, log)
