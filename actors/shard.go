@@ -181,12 +181,28 @@ func (s *shard) run(ctx context.Context) error {
 			return nil
 		case r := <-s.admitc:
 			s.admit(r)
+			s.drainAdmits()
 		case m := <-s.ctlc:
 			s.control(m)
 		case t := <-refill.C:
 			s.refillAll(t.UnixNano())
 		case t := <-sweep.C:
 			s.sweep(t.UnixNano())
+		}
+	}
+}
+
+// drainAdmits answers the admissions already queued without going back
+// through the loop's select, whose cost under load would otherwise be paid
+// once per request. It is bounded so ticks and control messages still get
+// their turn.
+func (s *shard) drainAdmits() {
+	for range cap(s.admitc) {
+		select {
+		case r := <-s.admitc:
+			s.admit(r)
+		default:
+			return
 		}
 	}
 }

@@ -33,8 +33,16 @@ var (
 // only this; in every mode it is how a key is looked up.
 type KeyHash [sha256.Size]byte
 
-// HashKey returns the SHA-256 of an API key.
-func HashKey(apiKey string) KeyHash { return sha256.Sum256([]byte(apiKey)) }
+// HashKey returns the SHA-256 of an API key. It runs on every request:
+// keys of ordinary length are copied into a stack buffer, since converting
+// a string of more than 32 bytes to []byte allocates.
+func HashKey(apiKey string) KeyHash {
+	var buf [128]byte
+	if len(apiKey) <= len(buf) {
+		return sha256.Sum256(append(buf[:0], apiKey...))
+	}
+	return sha256.Sum256([]byte(apiKey))
+}
 
 // Fingerprint is the 64-bit prefix of a KeyHash: what the in-memory key
 // index holds for every client, so unknown keys are refused without a store
