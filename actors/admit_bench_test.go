@@ -59,20 +59,25 @@ func BenchmarkAdmit(b *testing.B) {
 			i++
 		}
 	})
-	b.Run("parallel", func(b *testing.B) {
-		b.ReportAllocs()
-		var seed atomic.Int64
-		b.RunParallel(func(pb *testing.PB) {
-			i := int(seed.Add(7919))
-			for pb.Next() {
-				if _, err := l.Admit(ctx, keys[i%len(keys)]); err != nil {
-					b.Error(err)
-					return
+	for _, p := range []int{1, 32} {
+		// p=1: one goroutine per CPU, each waiting for its answer; p=32: a
+		// server's worth of concurrent requests, so shards find queues.
+		b.Run(fmt.Sprintf("parallel-x%d", p), func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetParallelism(p)
+			var seed atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				i := int(seed.Add(7919))
+				for pb.Next() {
+					if _, err := l.Admit(ctx, keys[i%len(keys)]); err != nil {
+						b.Error(err)
+						return
+					}
+					i++
 				}
-				i++
-			}
+			})
 		})
-	})
+	}
 }
 
 // BenchmarkAdmitBaseline is the yardstick: x/time/rate limiters in a
