@@ -183,6 +183,7 @@ func (r *Registry) handleResult(res probeResult) {
 	if !ok {
 		return // removed while the probe was in flight
 	}
+	r.obs.ObserveProbe(st.backend, res.err == nil, res.latency)
 	st.probe = probeIdle
 	if res.epoch != st.epoch {
 		// A passive failure arrived while this probe ran; its verdict is

@@ -21,6 +21,9 @@ type PersisterConfig struct {
 	SaveTimeout time.Duration
 	// FlushTimeout bounds the final flush at shutdown (shutdown_timeout).
 	FlushTimeout time.Duration
+	// Observer receives each batch write's size and duration; nil
+	// measures nothing.
+	Observer PersisterObserver
 }
 
 // Persister saves changed bucket states in batches. Each tick it collects
@@ -53,6 +56,9 @@ func NewPersister(cfg PersisterConfig, src Collector, store persist.Store, log *
 	}
 	if cfg.FlushTimeout <= 0 {
 		cfg.FlushTimeout = 10 * time.Second
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = nopPersisterObserver{}
 	}
 	return &Persister{
 		src:     src,
@@ -135,7 +141,9 @@ func (p *Persister) save(ctx context.Context) error {
 			batch = append(batch, st)
 		}
 		wctx, cancel := context.WithTimeout(ctx, p.cfg.SaveTimeout)
+		start := time.Now()
 		err := p.store.SaveStates(wctx, batch)
+		p.cfg.Observer.ObserveSave(len(batch), time.Since(start), err)
 		cancel()
 		if err != nil {
 			return err

@@ -54,7 +54,8 @@ const registryFailureQueue = 64
 type Registry struct {
 	probe   ProbeFunc
 	logger  *slog.Logger
-	workers int // fixed at construction; Reconfigure keeps it
+	workers int              // fixed at construction; Reconfigure keeps it
+	obs     RegistryObserver // set before Run; called from the loop only
 
 	healthy atomic.Pointer[[]messages.Backend] // published by the loop
 	started atomic.Bool
@@ -147,6 +148,7 @@ func NewRegistry(cfg RegistryConfig, probe ProbeFunc, logger *slog.Logger) (*Reg
 		reconfigs:  make(chan registryReconfigRequest),
 		cfg:        cfg,
 		backends:   make(map[int]*registryBackend, len(urls)),
+		obs:        nopRegistryObserver{},
 	}
 	now := time.Now()
 	for _, u := range urls {
@@ -270,6 +272,7 @@ func (r *Registry) setHealthy(st *registryBackend, healthy bool, now time.Time) 
 	st.healthy = healthy
 	st.since = now
 	r.publish()
+	r.obs.BackendUp(st.backend, healthy)
 }
 
 // publish stores a fresh snapshot of the healthy backends. Old snapshots
@@ -329,9 +332,11 @@ func (r *Registry) reconfigure(cfg RegistryConfig, urls []*url.URL, now time.Tim
 		st := r.addBackend(u, now)
 		st.unproven = true
 		r.requestProbe(st)
+		r.obs.BackendUp(st.backend, false)
 		r.logger.Info("backend added", "backend", u.String())
 	}
 	for _, st := range old {
+		r.obs.BackendRemoved(st.backend)
 		r.logger.Info("backend removed", "backend", st.backend.URL.String())
 	}
 	r.cfg = cfg

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tollgate/tollgate/messages"
+	"github.com/tollgate/tollgate/metrics"
 )
 
 // BenchmarkServeHTTP measures one request through authenticate, admit,
@@ -17,6 +18,8 @@ import (
 // keep-alive connections, so its allocations include the backend server's
 // and the transport's; "stub" swaps the network for a RoundTripper that
 // answers at once, leaving the pipeline's and ReverseProxy's own cost.
+// Each runs without an Observer and with package metrics' (metrics=on),
+// whose difference is the per-request cost of metrics.
 func BenchmarkServeHTTP(b *testing.B) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header()["Content-Length"] = []string{"2"}
@@ -24,7 +27,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 	}))
 	b.Cleanup(backend.Close)
 
-	run := func(b *testing.B, transport http.RoundTripper) {
+	run := func(b *testing.B, transport http.RoundTripper, obs Observer) {
 		u, err := url.Parse(backend.URL)
 		if err != nil {
 			b.Fatal(err)
@@ -40,6 +43,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 			RequestTimeout:    5 * time.Second,
 			MaxRetryBodyBytes: 1 << 20,
 			Transport:         transport,
+			Observer:          obs,
 		})
 		b.Cleanup(p.CloseIdleConnections)
 		b.Run("serial", func(b *testing.B) {
@@ -59,8 +63,15 @@ func BenchmarkServeHTTP(b *testing.B) {
 			})
 		})
 	}
-	b.Run("keepalive", func(b *testing.B) { run(b, nil) })
-	b.Run("stub", func(b *testing.B) { run(b, stubTransport{}) })
+	for _, tr := range []struct {
+		name string
+		rt   http.RoundTripper
+	}{{"keepalive", nil}, {"stub", stubTransport{}}} {
+		b.Run(tr.name, func(b *testing.B) {
+			b.Run("metrics=off", func(b *testing.B) { run(b, tr.rt, nil) })
+			b.Run("metrics=on", func(b *testing.B) { run(b, tr.rt, metrics.New()) })
+		})
+	}
 }
 
 func benchRequest() (*http.Request, *discardWriter) {

@@ -186,13 +186,19 @@ type splicedBody struct {
 func (s *splicedBody) Close() error { return s.closer.Close() }
 
 // attemptBody is the body of the delivered answer. Closing it ends the
-// attempt's context, whose deadline covers reading the body.
+// attempt's context, whose deadline covers reading the body. It counts the
+// bytes relayed, for the access log.
 type attemptBody struct {
 	rc     io.ReadCloser
 	cancel context.CancelFunc
+	n      int64
 }
 
-func (b *attemptBody) Read(p []byte) (int, error) { return b.rc.Read(p) }
+func (b *attemptBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.n += int64(n)
+	return n, err
+}
 
 func (b *attemptBody) Close() error {
 	err := b.rc.Close() // first, so a fully read connection goes back to the pool

@@ -32,10 +32,12 @@ type exchange struct {
 	vals     *headerVals
 	idVal    []string // X-Request-Id value: the client's, or vals[valRequestID]
 	admitted bool
-	tried    []int  // IDs of the backends tried, in order
-	backend  string // host of the backend whose answer or failure counts
+	tried    []int            // IDs of the backends tried, in order
+	last     messages.Backend // the backend whose answer or failure counts
+	backend  string           // its host, for the log
 	attempts int
 	status   int
+	bytes    int64 // body bytes of an error reply; proxied ones count in body
 	err      error // why the request failed, for the log
 }
 
@@ -75,9 +77,11 @@ func (x *exchange) reset() {
 	x.idVal = nil
 	x.admitted = false
 	x.tried = nil
+	x.last = messages.Backend{}
 	x.backend = ""
 	x.attempts = 0
 	x.status = 0
+	x.bytes = 0
 	x.err = nil
 	x.body = attemptBody{}
 }
@@ -104,6 +108,7 @@ func (x *exchange) stamp(h http.Header) {
 func (x *exchange) reply(w http.ResponseWriter, e *errorReply) {
 	x.stamp(w.Header())
 	x.status = e.status
+	x.bytes = int64(len(e.body))
 	e.write(w)
 }
 

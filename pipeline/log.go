@@ -32,8 +32,9 @@ func (p *Pipeline) logAccess(x *exchange) {
 		slog.String("backend", x.backend),
 		slog.Int("attempts", x.attempts),
 		slog.Duration("duration", time.Since(x.start)),
+		slog.Int64("bytes", x.bytes+x.body.n),
 	}
-	n := 8
+	n := 9
 	if x.err != nil {
 		attrs[n] = slog.Any("err", x.err)
 		n++

@@ -10,6 +10,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -59,6 +60,8 @@ type Options struct {
 	Logger *slog.Logger
 	// AccessLog raises the per-request access line from debug to info.
 	AccessLog bool
+	// Observer receives measurements for metrics; nil measures nothing.
+	Observer Observer
 	// Transport sends each attempt. Nil means a transport tuned for many
 	// keep-alive connections to few hosts, owned by the Pipeline.
 	Transport http.RoundTripper
@@ -73,6 +76,7 @@ type Pipeline struct {
 	maxBody     int64
 	logger      *slog.Logger
 	accessLevel slog.Level
+	obs         Observer // nil: no metrics
 
 	limits    atomic.Pointer[limits]
 	next      atomic.Uint64 // round-robin position
@@ -101,6 +105,7 @@ func New(opts Options) *Pipeline {
 		maxBody:     min(max(opts.MaxRetryBodyBytes, 0), maxRetryBodyLimit),
 		logger:      opts.Logger,
 		accessLevel: slog.LevelDebug,
+		obs:         opts.Observer,
 	}
 	p.ids.init()
 	if p.transport == nil {
@@ -146,21 +151,29 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	vals := r.Header["Authorization"]
 	if len(vals) == 0 || vals[0] == "" {
+		p.authFailed(AuthMissing)
 		x.reply(w, replyMissingKey)
 		return
 	}
 	key, ok := parseAuthorization(vals[0])
 	if !ok || len(vals) > 1 {
+		p.authFailed(AuthMalformed)
 		x.reply(w, replyInvalidKey)
 		return
 	}
 	d, err := p.admitter.Admit(r.Context(), key)
 	if err != nil {
+		if errors.Is(err, messages.ErrUnknownKey) {
+			p.authFailed(AuthUnknown)
+		}
 		x.fail(w, err)
 		return
 	}
 	x.admit(d)
 	if !d.Allowed {
+		if p.obs != nil {
+			p.obs.RateLimited()
+		}
 		x.reply(w, replyRateLimited)
 		return
 	}
@@ -172,11 +185,20 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x.proxy.ServeHTTP(w, r)
 }
 
-// finish logs the request and recycles its exchange.
+// finish measures and logs the request and recycles its exchange.
 func (p *Pipeline) finish(x *exchange) {
+	if p.obs != nil {
+		p.obs.ObserveRequest(x.last, x.status, time.Since(x.start))
+	}
 	p.logAccess(x)
 	x.reset()
 	p.exchanges.Put(x)
+}
+
+func (p *Pipeline) authFailed(reason string) {
+	if p.obs != nil {
+		p.obs.AuthFailed(reason)
+	}
 }
 
 // pick returns the next healthy backend round-robin, skipping those this

@@ -385,6 +385,7 @@ func TestLogLinesCarryRequestIDAndNeverTheKey(t *testing.T) {
 	assert.Equal(t, strings.TrimPrefix(good.URL, "http://"), access["backend"])
 	assert.EqualValues(t, 2, access["attempts"])
 	assert.Contains(t, access, "duration")
+	assert.EqualValues(t, 2, access["bytes"], `the body "ok"`)
 }
 
 func TestFailedRequestLogsWarning(t *testing.T) {

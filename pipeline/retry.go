@@ -106,11 +106,14 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 		}
 		if x.attempts > 0 {
 			x.logRetry(&last, b)
+			if x.p.obs != nil {
+				x.p.obs.Retry(x.last)
+			}
 		}
 		x.attempts++
 		x.tried = append(x.tried, b.ID)
-		x.backend = b.URL.Host
-		o := x.try(out, b, &body, lim.requestTimeout)
+		x.last, x.backend = b, b.URL.Host
+		o := x.timedTry(out, b, &body, lim.requestTimeout)
 		if o.fail.kind == failConn {
 			x.p.backends.ReportFailure(out.Context(), b, o.err)
 		}
@@ -127,11 +130,11 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 
 // lastFailure is what the attempt loop keeps of the failed attempts.
 type lastFailure struct {
-	answer  *http.Response // latest failed answer, held in memory
-	host    string         // backend of answer
-	backend string         // backend of the latest attempt
-	status  int            // its answer's status, 0 if none
-	err     error          // its error, nil for an answer held
+	answer  *http.Response   // latest failed answer, held in memory
+	from    messages.Backend // backend of answer
+	backend string           // backend of the latest attempt
+	status  int              // its answer's status, 0 if none
+	err     error            // its error, nil for an answer held
 	fail    failure
 }
 
@@ -154,7 +157,7 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 		if o.err = holdAnswer(o.res, o.cancel); o.err == errAnswerTooLarge {
 			return x.deliver(o.res, o.cancel), true, nil
 		} else if o.err == nil {
-			last.answer, last.host = o.res, x.backend
+			last.answer, last.from = o.res, x.last
 		}
 	}
 	last.backend, last.status, last.err, last.fail = x.backend, 0, o.err, o.fail
@@ -169,7 +172,7 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 func (x *exchange) giveUp(last *lastFailure) (*http.Response, error) {
 	switch {
 	case last.answer != nil:
-		x.backend = last.host
+		x.last, x.backend = last.from, last.from.URL.Host
 		return x.deliver(last.answer, noCancel), nil
 	case last.fail.kind == failTimeout:
 		return nil, fmt.Errorf("%w: %w", errGatewayTimeout, last.err)
@@ -179,6 +182,18 @@ func (x *exchange) giveUp(last *lastFailure) (*http.Response, error) {
 }
 
 func noCancel() {}
+
+// timedTry is try, reported to the Observer when there is one.
+func (x *exchange) timedTry(out *http.Request, b messages.Backend, body *requestBody, timeout time.Duration) outcome {
+	obs := x.p.obs
+	if obs == nil {
+		return x.try(out, b, body, timeout)
+	}
+	start := time.Now()
+	o := x.try(out, b, body, timeout)
+	obs.ObserveAttempt(b, attemptResult(o.fail.kind), time.Since(start))
+	return o
+}
 
 // try makes one attempt on b. Its context ends at request_timeout; on
 // success the returned cancel is owned by the response body.

@@ -18,6 +18,7 @@ import (
 	"github.com/tollgate/tollgate/actors"
 	"github.com/tollgate/tollgate/config"
 	"github.com/tollgate/tollgate/httpapi"
+	"github.com/tollgate/tollgate/metrics"
 	"github.com/tollgate/tollgate/persist"
 	"github.com/tollgate/tollgate/pipeline"
 )
@@ -63,7 +64,6 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		return err
 	}
 	defer closeLog()
-	_ = level // SIGHUP reload sets it
 
 	store, err := openStore(ctx, cfg, log)
 	if err != nil {
@@ -78,6 +78,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Before listening: once the "listening" line is out, SIGHUP reloads.
+	defer a.watchSIGHUP(opts.configPath, level)()
 	servers, err := listen(cfg, opts, a, log)
 	if err != nil {
 		return err
@@ -112,17 +114,23 @@ type app struct {
 	// watcher reports other instances' admin changes; nil for the
 	// embedded store, which has no other instances.
 	watcher persist.Watcher
+	metrics *metrics.Metrics
+	live    live // what SIGHUP changes: reload.go
 }
 
 func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log *slog.Logger) (*app, error) {
 	rl, lb := cfg.RateLimiter, cfg.LoadBalancer
+	m := metrics.New()
+	// The measured store is a persist.Store only: optional interfaces
+	// such as persist.Watcher are asked of store itself.
+	measured := m.InstrumentStore(store)
 	limiter, err := actors.NewLimiter(ctx, actors.LimiterConfig{
 		AddTokensInterval:   rl.AddTokensInterval,
 		RemoveStaleInterval: rl.RemoveStaleInterval,
 		CacheTTL:            rl.CacheTTL,
 		LoadTimeout:         lb.RequestTimeout,
 		HashAPIKeys:         rl.HashAPIKeys,
-	}, store, log)
+	}, measured, log)
 	if err != nil {
 		return nil, err
 	}
@@ -130,14 +138,18 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 	if err != nil {
 		return nil, err
 	}
+	m.CachedClients(limiter.CachedClients)
+	registry.SetObserver(m)
 	a := &app{
 		watcher:  asWatcher(store),
 		limiter:  limiter,
 		registry: registry,
+		metrics:  m,
 		persister: actors.NewPersister(actors.PersisterConfig{
 			Interval:     rl.SaveStateInterval,
 			FlushTimeout: cfg.ShutdownTimeout,
-		}, limiter, store, log),
+			Observer:     m,
+		}, limiter, measured, log),
 		forward: pipeline.New(pipeline.Options{
 			Admitter:          limiter,
 			Backends:          registry,
@@ -146,13 +158,17 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			MaxRetryBodyBytes: lb.MaxRetryBodyBytes,
 			Logger:            log,
 			AccessLog:         cfg.AccessLog,
+			Observer:          m,
 		}),
 	}
+	a.live.cfg = cfg
+	a.live.setDefaults(rl)
 	a.admin = httpapi.NewAdmin(httpapi.Options{
 		Clients:  limiter,
 		Backends: registry,
 		AdminKey: cfg.AdminAPIKey,
-		Defaults: func() (float64, int64) { return rl.DefaultRatePerSec, rl.DefaultCapacity },
+		Defaults: a.live.clientDefaults,
+		Metrics:  m.Handler(),
 		Logger:   log,
 	})
 	if cfg.AdminAPIKey == "" {
@@ -199,6 +215,10 @@ func orAddr(addr string, port int) string {
 	return ":" + strconv.Itoa(port)
 }
 
+// readHeaderTimeout cuts off clients that dribble their request headers
+// (slowloris). A variable only so that tests need not wait 5 s.
+var readHeaderTimeout = 5 * time.Second
+
 func newServer(name, addr string, h http.Handler, log *slog.Logger) (*server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -207,7 +227,7 @@ func newServer(name, addr string, h http.Handler, log *slog.Logger) (*server, er
 	log.Info("listening", "server", name, "addr", ln.Addr().String())
 	return &server{name: name, ln: ln, srv: &http.Server{
 		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
+		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       90 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
@@ -251,6 +271,9 @@ func (a *app) run(ctx context.Context, servers []*server, shutdownTimeout time.D
 		defer stopPersist()
 		return serve(gctx, servers, shutdownTimeout, log)
 	})
+	if a.live.hup != nil {
+		g.Go(func() error { return a.reloadLoop(gctx, log) })
+	}
 	err := g.Wait()
 	// Idle upstream connections each hold a transport goroutine.
 	a.forward.CloseIdleConnections()
