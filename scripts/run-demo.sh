@@ -13,11 +13,22 @@ go build -o bin/ ./cmd/tollgate ./cmd/echoback
 pids=()
 stop() {
 	trap - INT TERM EXIT
-	for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-	for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+	# Last started first: Tollgate drains its in-flight requests while the
+	# backends they go to are still up.
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		kill -TERM "${pids[i]}" 2>/dev/null || true
+		wait "${pids[i]}" 2>/dev/null || true
+	done
 }
 trap stop EXIT
 trap 'exit 130' INT TERM
+
+# Job control puts each child in its own process group, so a Ctrl-C in the
+# terminal reaches this script alone, and stop sends each child exactly one
+# SIGTERM. Without it Tollgate would get the terminal's SIGINT and then
+# stop's SIGTERM, and a second signal makes it exit at once, cutting its
+# graceful shutdown (in-flight requests, the final state flush).
+set -m
 
 ./bin/echoback -addr 127.0.0.1:8081 -name backend-1 >/dev/null 2>&1 & pids+=($!)
 ./bin/echoback -addr 127.0.0.1:8082 -name backend-2 >/dev/null 2>&1 & pids+=($!)
