@@ -17,8 +17,11 @@ type Config struct {
 	AdminAPIKey     string
 	ShutdownTimeout time.Duration
 	AccessLog       bool
-	LoadBalancer    LoadBalancer
-	RateLimiter     RateLimiter
+	// Pprof serves net/http/pprof under /debug/pprof/ on the admin API,
+	// behind its authentication.
+	Pprof        bool
+	LoadBalancer LoadBalancer
+	RateLimiter  RateLimiter
 }
 
 // LoadBalancer configures backends, health checks and retries.

@@ -188,6 +188,7 @@ func decode(data []byte) (*Config, problems) {
 	root.str("admin_api_key", &c.AdminAPIKey)
 	root.seconds("shutdown_timeout", &c.ShutdownTimeout)
 	root.boolean("access_log", &c.AccessLog)
+	root.boolean("pprof", &c.Pprof)
 	decodeLoadBalancer(root.object("load_balancer"), &c.LoadBalancer)
 	decodeRateLimiter(root.object("rate_limiter"), &c.RateLimiter)
 	root.unknown()

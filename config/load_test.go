@@ -134,6 +134,7 @@ func TestLoadEveryField(t *testing.T) {
 		AdminAPIKey:     "file-admin-key",
 		ShutdownTimeout: 2500 * time.Millisecond,
 		AccessLog:       true,
+		Pprof:           true,
 		LoadBalancer: config.LoadBalancer{
 			BackendURLs:            []string{"http://backend-a:8081", "https://backend-b/api"},
 			HealthCheckInterval:    500 * time.Millisecond,

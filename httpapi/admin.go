@@ -72,6 +72,10 @@ type Options struct {
 	Defaults func() (rate float64, capacity int64)
 	// Metrics serves GET /metrics; nil answers 404.
 	Metrics http.Handler
+	// Pprof serves net/http/pprof under /debug/pprof/, behind the same
+	// access rule as every admin path. Off by default: profiles reveal
+	// much and cost CPU.
+	Pprof bool
 	// Logger receives failures (debug for bad requests, error for ours)
 	// and client writes at info. nil discards.
 	Logger *slog.Logger
@@ -86,6 +90,7 @@ type admin struct {
 	backends Backends
 	defaults func() (float64, int64)
 	metrics  http.Handler
+	pprof    bool
 	log      *slog.Logger
 	now      func() time.Time
 }
@@ -102,6 +107,7 @@ func NewAdmin(opts Options) http.Handler {
 		backends: opts.Backends,
 		defaults: opts.Defaults,
 		metrics:  opts.Metrics,
+		pprof:    opts.Pprof,
 		log:      opts.Logger,
 		now:      opts.Now,
 	}
@@ -149,6 +155,10 @@ func (a *admin) router() *httprouter.Router {
 		r.Handle(method, "/readyz", a.handle(a.readyz))
 	}
 	r.GET("/metrics", a.handle(a.serveMetrics))
+	if a.pprof {
+		r.Handler(http.MethodGet, PprofPrefix+"*item", pprofHandler())
+		r.Handler(http.MethodPost, PprofPrefix+"symbol", pprofHandler())
+	}
 	return r
 }
 

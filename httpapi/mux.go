@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"strings"
 )
 
@@ -12,9 +13,12 @@ import (
 // /metrics and everything under /clients/; anything else, /backends/x or
 // /Clients included, is forwarded. With admin_port set, the main port
 // serves forward alone and this is not used.
-func NewMain(admin, forward http.Handler) http.Handler {
+//
+// extraPrefixes are further path prefixes the admin API owns, such as
+// PprofPrefix when profiling is on.
+func NewMain(admin, forward http.Handler, extraPrefixes ...string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isAdminPath(r.URL.Path) {
+		if isAdminPath(r.URL.Path) || hasAnyPrefix(r.URL.Path, extraPrefixes) {
 			admin.ServeHTTP(w, r)
 			return
 		}
@@ -29,4 +33,29 @@ func isAdminPath(path string) bool {
 		return true
 	}
 	return strings.HasPrefix(path, "/clients/")
+}
+
+func hasAnyPrefix(path string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(path, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// PprofPrefix is where Options.Pprof serves the runtime profiles.
+const PprofPrefix = "/debug/pprof/"
+
+// pprofHandler serves net/http/pprof's pages. They are mounted explicitly:
+// importing the package also registers them on http.DefaultServeMux, which
+// Tollgate never serves.
+func pprofHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc(PprofPrefix, pprof.Index)
+	mux.HandleFunc(PprofPrefix+"cmdline", pprof.Cmdline)
+	mux.HandleFunc(PprofPrefix+"profile", pprof.Profile)
+	mux.HandleFunc(PprofPrefix+"symbol", pprof.Symbol)
+	mux.HandleFunc(PprofPrefix+"trace", pprof.Trace)
+	return mux
 }
