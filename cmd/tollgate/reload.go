@@ -144,6 +144,7 @@ var restartOnly = []struct {
 	{"admin_api_key", true, func(c *config.Config) any { return c.AdminAPIKey }},
 	{"shutdown_timeout", false, func(c *config.Config) any { return c.ShutdownTimeout }},
 	{"access_log", false, func(c *config.Config) any { return c.AccessLog }},
+	{"pprof", false, func(c *config.Config) any { return c.Pprof }},
 	{"load_balancer.health_check_worker_count", false, func(c *config.Config) any { return c.LoadBalancer.HealthCheckWorkerCount }},
 	{"load_balancer.max_retry_body_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBodyBytes }},
 	{"rate_limiter.add_tokens_interval", false, func(c *config.Config) any { return c.RateLimiter.AddTokensInterval }},

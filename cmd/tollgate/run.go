@@ -169,6 +169,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 		AdminKey: cfg.AdminAPIKey,
 		Defaults: a.live.clientDefaults,
 		Metrics:  m.Handler(),
+		Pprof:    cfg.Pprof,
 		Logger:   log,
 	})
 	if cfg.AdminAPIKey == "" {
@@ -189,7 +190,11 @@ func listen(cfg *config.Config, opts options, a *app, log *slog.Logger) ([]*serv
 	var mainHandler http.Handler = a.forward
 	separate := cfg.AdminPort != 0 || opts.adminAddr != ""
 	if !separate {
-		mainHandler = httpapi.NewMain(a.admin, a.forward)
+		var extra []string
+		if cfg.Pprof {
+			extra = append(extra, httpapi.PprofPrefix)
+		}
+		mainHandler = httpapi.NewMain(a.admin, a.forward, extra...)
 	}
 	var servers []*server
 	s, err := newServer("main", mainAddr, mainHandler, log)
@@ -226,12 +231,29 @@ func newServer(name, addr string, h http.Handler, log *slog.Logger) (*server, er
 	}
 	log.Info("listening", "server", name, "addr", ln.Addr().String())
 	return &server{name: name, ln: ln, srv: &http.Server{
-		Handler:           h,
+		Handler:           closeAfterChunked(h),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       90 * time.Second,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}}, nil
+}
+
+// closeAfterChunked closes the connection after answering a request with
+// a chunked body. net/http reads a request carrying both Content-Length and
+// Transfer-Encoding as chunked and drops the length (RFC 9112 6.3), but
+// keeps the connection open: a proxy in front that framed the body by its
+// length would see other request boundaries than ours (request smuggling).
+// RFC 9112 6.1 requires closing after such a request; a handler can no
+// longer tell it from a plain chunked one, so every chunked request closes
+// its connection, which costs honest clients a reconnect at most.
+func closeAfterChunked(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(r.TransferEncoding) > 0 {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // keyIndexResync is how often the key index is reloaded from a shared
