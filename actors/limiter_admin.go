@@ -170,3 +170,21 @@ func (l *Limiter) Collect(ctx context.Context) (states []messages.BucketState, d
 	}
 	return states, deleted, nil
 }
+
+// Saved tells the shards that the store now has states, so they stop
+// keeping them for reloads. The persister calls it after each successful
+// save.
+func (l *Limiter) Saved(ctx context.Context, states []messages.BucketState) error {
+	byShard := make(map[*shard][]messages.BucketState)
+	for _, st := range states {
+		s := l.shardFor(st.KeyHash)
+		byShard[s] = append(byShard[s], st)
+	}
+	for s, sts := range byShard {
+		reply := make(chan struct{}, 1)
+		if _, err := ask(ctx, s, &savedMsg{states: sts, reply: reply}, reply); err != nil {
+			return err
+		}
+	}
+	return nil
+}

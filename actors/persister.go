@@ -9,9 +9,11 @@ import (
 	"github.com/tollgate/tollgate/persist"
 )
 
-// Collector is where the persister gets changed bucket states: the Limiter.
+// Collector is where the persister gets changed bucket states, and what it
+// tells once they are saved: the Limiter.
 type Collector interface {
 	Collect(ctx context.Context) (states []messages.BucketState, deleted []string, err error)
+	Saved(ctx context.Context, states []messages.BucketState) error
 }
 
 // PersisterConfig sets up a Persister.
@@ -150,6 +152,9 @@ func (p *Persister) save(ctx context.Context) error {
 		}
 		p.log.Debug("states saved", "count", len(batch))
 		clear(p.pending)
+		if err := p.src.Saved(ctx, batch); err != nil {
+			return err
+		}
 	}
 	return cerr
 }

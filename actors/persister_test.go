@@ -150,3 +150,63 @@ func TestPersisterShutdown(t *testing.T) {
 	stop()
 	require.ErrorIs(t, p.Flush(t.Context()), messages.ErrStopped)
 }
+
+// A state the persister collected but could not save yet must survive the
+// bucket leaving the cache: a reload from the store's older row would give
+// back tokens already spent.
+func TestReloadAfterFailedSaveResumesFromUnsavedState(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		drop func(t *testing.T, l *Limiter)
+	}{
+		{"resync dropping the cache", func(t *testing.T, l *Limiter) { require.NoError(t, l.Resync(t.Context(), true)) }},
+		{"rotation", func(t *testing.T, l *Limiter) {
+			_, err := l.RotateKey(t.Context(), "c", "key-c-0123456789")
+			require.NoError(t, err)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			store := newMemStore()
+			l := startLimiter(t, store, LimiterConfig{})
+			_, err := l.CreateClient(t.Context(), newClient("c", "key-c-0123456789", 0.001, 10, time.Now()))
+			require.NoError(t, err)
+			p, _ := startPersister(t, l, store, PersisterConfig{Interval: time.Hour})
+			for range 3 {
+				_, err := l.Admit(t.Context(), "key-c-0123456789")
+				require.NoError(t, err)
+			}
+			store.down.Store(true)
+			require.Error(t, p.Flush(t.Context()), "collected, not saved")
+			store.down.Store(false)
+
+			tt.drop(t, l)
+			d, err := l.Admit(t.Context(), "key-c-0123456789")
+			require.NoError(t, err)
+			assert.Equal(t, int64(6), d.Remaining, "resumed from the unsaved state, not the store's 10")
+
+			require.NoError(t, p.Flush(t.Context()))
+			assert.InDelta(t, 6, store.get("c").Tokens, 0.1)
+		})
+	}
+}
+
+func TestSavedStatesAreNotKeptAfterEviction(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := newMemStore()
+		l := startLimiter(t, store, LimiterConfig{CacheTTL: time.Minute, RemoveStaleInterval: 10 * time.Second, Shards: 1})
+		_, err := l.CreateClient(t.Context(), newClient("c", "key-c-0123456789", 0.001, 10, time.Now()))
+		require.NoError(t, err)
+		p, _ := startPersister(t, l, store, PersisterConfig{Interval: time.Hour})
+		_, err = l.Admit(t.Context(), "key-c-0123456789")
+		require.NoError(t, err)
+		require.NoError(t, p.Flush(t.Context()))
+
+		time.Sleep(75 * time.Second)
+		synctest.Wait()
+		assert.Zero(t, l.CachedClients())
+		reply := make(chan peekReply, 1)
+		rep, err := ask(t.Context(), l.shards[0], &peekMsg{hash: messages.HashKey("key-c-0123456789"), reply: reply}, reply)
+		require.NoError(t, err)
+		assert.False(t, rep.cached, "saved before eviction: nothing kept")
+	})
+}

@@ -18,6 +18,9 @@ type entry struct {
 	b        bucket
 	seen     int64 // last admission, Unix ns; drives time_to_live eviction
 	dirty    bool  // changed since the persister last collected it
+	// handed is the last refill (Unix ns) of the state the persister
+	// collected and has not yet confirmed saved; 0 when none is.
+	handed int64
 }
 
 var entryPool = sync.Pool{New: func() any { return new(entry) }}
@@ -146,10 +149,9 @@ type shard struct {
 	index   map[uint64]struct{} // fingerprints of every stored key of this shard
 	cache   map[messages.KeyHash]*entry
 	loading map[messages.KeyHash]*pendingLoad
-	// evicted holds the unsaved states of evicted entries until the
-	// persister collects them; a reload of the client resumes from here,
-	// not from the older state in the store.
-	evicted map[string]messages.BucketState
+	// evicted holds buckets no longer cached whose state the store may not
+	// have yet; a reload resumes from here, not from the store's older row.
+	evicted map[messages.KeyHash]*evictedBucket
 	deleted []string            // client ids deleted since the last collect
 	touched map[uint64]struct{} // during a resync: keys indexed or dropped since its mark
 }
@@ -257,10 +259,16 @@ func (s *shard) control(m any) {
 		if e, ok := s.cache[m.hash]; ok {
 			e.b.refill(time.Now().UnixNano())
 			rep = peekReply{b: e.b, cached: true}
+		} else if ev, ok := s.evicted[m.hash]; ok {
+			ev.b.refill(time.Now().UnixNano())
+			rep = peekReply{b: ev.b, cached: true}
 		}
 		m.reply <- rep
 	case *collectMsg:
 		m.reply <- s.collect()
+	case *savedMsg:
+		s.saved(m.states)
+		m.reply <- struct{}{}
 	default:
 		panic(fmt.Sprintf("actors: shard got unknown message %T", m))
 	}
@@ -292,18 +300,20 @@ func (s *shard) loaded(m *loadDone) {
 		return
 	}
 	now := time.Now().UnixNano()
-	c, dirty := m.client, false
-	if st, ok := s.evicted[c.ID]; ok && !st.LastRefill.Before(c.LastRefill) {
-		// Evicted here and not saved yet: that state is newer.
-		c.Tokens, c.LastRefill, dirty = st.Tokens, st.LastRefill, true
-		delete(s.evicted, c.ID)
+	c := m.client
+	ev := s.unevict(c.KeyHash, c.ID)
+	if ev != nil {
+		// Evicted here, perhaps not saved yet: its state is the newer.
+		c.Tokens, c.LastRefill = ev.b.tokens, time.Unix(0, ev.b.last)
 	}
 	b := newBucket(c)
 	for _, l := range p.limits {
 		b.setLimits(now, l)
 	}
 	e := s.install(c, b, now)
-	e.dirty = dirty
+	if ev != nil {
+		e.dirty, e.handed = ev.dirty, ev.handed
+	}
 	for _, w := range waiters {
 		w.reply <- s.take(e, w.now)
 	}
@@ -356,11 +366,7 @@ func (s *shard) replaceIndex(m *replaceIndexMsg) {
 		if _, ok := s.index[h.Fingerprint()]; ok && !m.dropCache {
 			continue
 		}
-		if e.dirty {
-			s.evict(e)
-		}
-		delete(s.cache, h)
-		freeEntry(e)
+		s.evict(h, e)
 	}
 	s.cached.Store(int64(len(s.cache)))
 }
@@ -382,6 +388,10 @@ func (s *shard) setLimits(m *limitsMsg) {
 		e.b.setLimits(time.Now().UnixNano(), m.limits)
 		e.dirty = true
 		rep = peekReply{b: e.b, cached: true}
+	} else if ev, ok := s.evicted[m.hash]; ok {
+		ev.b.setLimits(time.Now().UnixNano(), m.limits)
+		ev.dirty = true
+		rep = peekReply{b: ev.b, cached: true}
 	} else if p, ok := s.loading[m.hash]; ok {
 		p.limits = append(p.limits, m.limits)
 	}
@@ -393,13 +403,18 @@ func (s *shard) remove(m *removeMsg) peekReply {
 	if p, ok := s.loading[m.hash]; ok {
 		p.removed = true
 	}
+	ev := s.unevict(m.hash, m.clientID)
 	if m.deleted {
 		s.deleted = append(s.deleted, m.clientID)
-		delete(s.evicted, m.clientID)
 	}
 	e, ok := s.cache[m.hash]
 	if !ok {
-		return peekReply{}
+		if ev == nil || m.deleted {
+			return peekReply{}
+		}
+		// A rotation moves the unsaved state of an evicted bucket too.
+		ev.b.refill(time.Now().UnixNano())
+		return peekReply{b: ev.b, cached: true}
 	}
 	delete(s.cache, m.hash)
 	s.cached.Store(int64(len(s.cache)))
@@ -409,14 +424,6 @@ func (s *shard) remove(m *removeMsg) peekReply {
 	return rep
 }
 
-// evict keeps a changed entry's state for the persister.
-func (s *shard) evict(e *entry) {
-	if s.evicted == nil {
-		s.evicted = make(map[string]messages.BucketState)
-	}
-	s.evicted[e.clientID] = e.b.state(e.clientID)
-}
-
 // refillAll brings every cached bucket up to now, so that reads and saves
 // see current tokens. It does not mark entries dirty: a refill changes the
 // stored pair (tokens, last_refill) into an equivalent one.
@@ -424,36 +431,4 @@ func (s *shard) refillAll(now int64) {
 	for _, e := range s.cache {
 		e.b.refill(now)
 	}
-}
-
-// sweep evicts entries idle for time_to_live, keeping the state of those
-// that changed for the persister's next collect.
-func (s *shard) sweep(now int64) {
-	ttl := int64(s.cfg.cacheTTL)
-	for h, e := range s.cache {
-		if now-e.seen < ttl {
-			continue
-		}
-		if e.dirty {
-			s.evict(e)
-		}
-		delete(s.cache, h)
-		freeEntry(e)
-	}
-	s.cached.Store(int64(len(s.cache)))
-}
-
-func (s *shard) collect() collected {
-	c := collected{states: make([]messages.BucketState, 0, len(s.evicted)), deleted: s.deleted}
-	for _, st := range s.evicted {
-		c.states = append(c.states, st)
-	}
-	s.evicted, s.deleted = nil, nil
-	for _, e := range s.cache {
-		if e.dirty {
-			c.states = append(c.states, e.b.state(e.clientID))
-			e.dirty = false
-		}
-	}
-	return c
 }

@@ -73,6 +73,9 @@ type BucketState struct {
 	ClientID   string
 	Tokens     float64
 	LastRefill time.Time
+	// KeyHash is the key the bucket was cached under, so a confirmation
+	// of the save finds it again. Stores ignore it.
+	KeyHash KeyHash
 }
 
 // KeyRef ties a client to its key hash; the key index is built from these.

@@ -3,7 +3,7 @@ package main
 import (
 	"context"
 	"net/http"
-	"os"
+
 	"strconv"
 	"testing"
 
@@ -24,10 +24,6 @@ import (
 // It reproduces deterministically: a row lock makes the persister's
 // saves of the client time out while reads still go through.
 func TestFaultReloadAfterResyncKeepsUnsavedAdmissions(t *testing.T) {
-	if os.Getenv("TOLLGATE_KNOWN_BUGS") != "1" {
-		t.Skip("known bug: actors' shard forgets a collected bucket state before the persister has saved it " +
-			"(see the fault tests' report); TOLLGATE_KNOWN_BUGS=1 runs this repro")
-	}
 	backend := newLiveBackend(t)
 	dsn := pgtest.New(t)
 	cfg := baseConfig(t, backend.url)
