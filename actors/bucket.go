@@ -68,7 +68,7 @@ func (b *bucket) decision(allowed bool) messages.Decision {
 		Limit:      b.capacity,
 		Remaining:  int64(b.tokens),
 		ResetAfter: seconds((float64(b.capacity) - b.tokens) / b.rate),
-		Window:     time.Duration(math.Ceil(float64(b.capacity)/b.rate)) * time.Second,
+		Window:     seconds(math.Ceil(float64(b.capacity) / b.rate)),
 	}
 	if !allowed {
 		d.RetryAfter = seconds((1 - b.tokens) / b.rate)
@@ -84,15 +84,26 @@ func (b *bucket) state(clientID string) messages.BucketState {
 // newBucket makes a bucket from a stored client, as of its last refill.
 func newBucket(c messages.Client) bucket {
 	b := bucket{rate: c.RatePerSec, capacity: c.Capacity, tokens: c.Tokens, last: c.LastRefill.UnixNano()}
-	b.tokens = max(0, min(b.tokens, float64(b.capacity)))
+	// Written so that NaN, which min and max propagate and which would
+	// admit every request, clamps to capacity as PostgreSQL's LEAST does.
+	if !(b.tokens <= float64(b.capacity)) {
+		b.tokens = float64(b.capacity)
+	}
+	b.tokens = max(0, b.tokens)
 	return b
 }
 
 // seconds converts a non-negative float of seconds to a Duration, rounding
-// up so "time until" never promises too early.
+// up so "time until" never promises too early. Beyond a Duration's range
+// (about 292 years: capacity 1e9 at 0.1 tokens/s) it saturates instead of
+// wrapping to a negative value.
 func seconds(s float64) time.Duration {
 	if s <= 0 {
 		return 0
 	}
-	return time.Duration(math.Ceil(s * 1e9))
+	ns := math.Ceil(s * 1e9)
+	if !(ns < math.MaxInt64) {
+		return math.MaxInt64
+	}
+	return time.Duration(ns)
 }

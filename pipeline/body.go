@@ -17,6 +17,7 @@ import (
 type requestBody struct {
 	replay *replay       // buffered: every attempt reads it afresh
 	stream io.ReadCloser // over MaxRetryBodyBytes: one attempt only
+	client *clientBody   // the client's part of stream, nil when replayed
 }
 
 // prepareBody reads a body of at most p.maxBody bytes into memory so that
@@ -28,7 +29,8 @@ func (p *Pipeline) prepareBody(out *http.Request) (requestBody, error) {
 		return requestBody{}, nil
 	}
 	if p.maxBody == 0 || out.ContentLength > p.maxBody {
-		return requestBody{stream: out.Body}, nil
+		cb := &clientBody{ReadCloser: out.Body}
+		return requestBody{stream: cb, client: cb}, nil
 	}
 	r := newReplay()
 	if err := r.fill(out.Body, out.ContentLength, p.maxBody); err != nil {
@@ -40,7 +42,38 @@ func (p *Pipeline) prepareBody(out *http.Request) (requestBody, error) {
 	}
 	prefix := r.open()
 	r.release() // the prefix reader holds the buffer now
-	return requestBody{stream: &splicedBody{Reader: io.MultiReader(prefix, out.Body), closer: prefix}}, nil
+	cb := &clientBody{ReadCloser: out.Body}
+	return requestBody{stream: &splicedBody{Reader: io.MultiReader(prefix, cb), closer: prefix}, client: cb}, nil
+}
+
+// clientBody is the client's body as it streams to a backend. It keeps the
+// first read error, the client's fault (a malformed chunk, a body shorter
+// than its Content-Length, a hang-up), so that the failed attempt does not
+// blame the backend: marking it down would let any client with a key take
+// every backend out with a few broken uploads. The transport reads the
+// body on its own goroutine, hence the atomic.
+type clientBody struct {
+	io.ReadCloser
+	err atomic.Pointer[error]
+}
+
+func (c *clientBody) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		c.err.CompareAndSwap(nil, &err)
+	}
+	return n, err
+}
+
+// clientErr returns the error reading the client's streamed body, if any.
+func (b *requestBody) clientErr() error {
+	if b.client == nil {
+		return nil
+	}
+	if err := b.client.err.Load(); err != nil {
+		return *err
+	}
+	return nil
 }
 
 // replayable reports whether the body can be sent more than once.

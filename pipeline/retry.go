@@ -24,6 +24,7 @@ const (
 	failTimeout                  // the attempt ran out of request_timeout
 	failAnswer                   // the backend answered 502, 503 or 504
 	failCanceled                 // the client went away; not the backend's fault
+	failClient                   // reading the client's body failed: its fault
 )
 
 // failure describes a failed attempt.
@@ -148,6 +149,9 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 	case o.fail.kind == failCanceled:
 		closeAnswer(last.answer)
 		return nil, true, out.Context().Err()
+	case o.fail.kind == failClient:
+		closeAnswer(last.answer)
+		return nil, true, o.err
 	case o.res != nil:
 		closeAnswer(last.answer)
 		last.answer = nil
@@ -206,6 +210,9 @@ func (x *exchange) try(out *http.Request, b messages.Backend, body *requestBody,
 	if err != nil {
 		f := classify(out.Context(), ctx, err)
 		cancel()
+		if berr := body.clientErr(); berr != nil && f.kind != failCanceled {
+			return outcome{err: fmt.Errorf("%w: %w", errRequestBody, berr), fail: failure{kind: failClient, sent: true}}
+		}
 		return outcome{err: err, fail: f}
 	}
 	if failedStatus(res.StatusCode) {
