@@ -38,6 +38,8 @@ type liveApp struct {
 func startLiveApp(t *testing.T, cfg map[string]any) *liveApp {
 	t.Helper()
 	la := &liveApp{cfg: cfg, logs: &logBuffer{}, hc: opsHTTPClient(t)}
+	dsn, _ := cfg["database_url"].(string)
+	t.Setenv("DATABASE_URL", dsn) // as start does: make test exports one
 	la.path = writeConfig(t, cfg)
 	c, err := config.Load(la.path)
 	require.NoError(t, err)
