@@ -4,6 +4,7 @@ import (
 	"context"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strings"
@@ -127,8 +128,8 @@ func (x *exchange) errorHandler(w http.ResponseWriter, _ *http.Request, err erro
 // rewrite is the proxy's Rewrite. The proxy has already removed hop-by-hop
 // and client-sent forwarding headers; the backend URL is set per attempt.
 func (x *exchange) rewrite(pr *httputil.ProxyRequest) {
-	pr.SetXForwarded()
 	h := pr.Out.Header
+	x.setForwarded(pr.In, h)
 	delete(h, "Authorization")
 	// Tollgate has already read (or is streaming) the body, answering the
 	// client's 100-continue itself; asking the backend again only costs a
@@ -136,6 +137,24 @@ func (x *exchange) rewrite(pr *httputil.ProxyRequest) {
 	delete(h, "Expect")
 	h[hdrClientID] = x.vals.one(valClientID)
 	h[hdrRequestID] = x.idVal
+}
+
+// setForwarded does what ProxyRequest.SetXForwarded does, without its
+// three allocations: the values live in the request's headerVals. As
+// there, the client's own X-Forwarded-* headers are not trusted: the proxy
+// removed them before Rewrite.
+func (x *exchange) setForwarded(in *http.Request, h http.Header) {
+	if ip, _, err := net.SplitHostPort(in.RemoteAddr); err == nil {
+		x.vals[valForwardedFor] = ip
+		h[hdrForwardedFor] = x.vals.one(valForwardedFor)
+	}
+	x.vals[valForwardedHost] = in.Host
+	h[hdrForwardedHost] = x.vals.one(valForwardedHost)
+	if in.TLS == nil {
+		h[hdrForwardedProto] = protoHTTP
+	} else {
+		h[hdrForwardedProto] = protoHTTPS
+	}
 }
 
 // Write receives the proxy's ErrorLog lines.

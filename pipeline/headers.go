@@ -18,6 +18,16 @@ const (
 	hdrRateLimit      = "Ratelimit"
 	hdrRetryAfter     = "Retry-After"
 	hdrIdempotencyKey = "Idempotency-Key"
+	hdrForwardedFor   = "X-Forwarded-For"
+	hdrForwardedHost  = "X-Forwarded-Host"
+	hdrForwardedProto = "X-Forwarded-Proto"
+)
+
+// X-Forwarded-Proto values, shared by every request: header maps only
+// read them, and capacity 1 makes an append copy.
+var (
+	protoHTTP  = []string{"http"}
+	protoHTTPS = []string{"https"}
 )
 
 // stampedKeys are the headers Tollgate sets on every proxied answer,
@@ -39,6 +49,8 @@ const (
 	valPolicy
 	valRateLimit
 	valRetryAfter // only when refused
+	valForwardedFor
+	valForwardedHost
 	numVals
 )
 
