@@ -53,7 +53,7 @@ key=bench-key-0123456789abcdef
 cat >"$work/bench.json" <<JSON
 {
   "port": 18095,
-  "admin_port": 18096,
+  "admin_port": 18097,
   "log_level": "warn",
   "state_file": "$work/bench.db",
   "load_balancer": {
@@ -78,10 +78,10 @@ JSON
 ./bin/tollgate -config "$work/bench.json" >"$work/seed.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 100); do
-	curl -fsS http://127.0.0.1:18096/healthz >/dev/null 2>&1 && break
+	curl -fsS http://127.0.0.1:18097/healthz >/dev/null 2>&1 && break
 	sleep 0.1
 done
-curl -fsS -X POST http://127.0.0.1:18096/clients -H 'Content-Type: application/json' \
+curl -fsS -X POST http://127.0.0.1:18097/clients -H 'Content-Type: application/json' \
 	-d "{\"client_id\":\"bench\",\"api_key\":\"$key\"}" >/dev/null
 kill -TERM "$pid"
 wait "$pid"
