@@ -92,7 +92,10 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	var after map[string]*dto.MetricFamily
 	opsEventually(t, func() bool {
 		after = scrape(t, hc, in.addr)
-		return metricValue(after, "tollgate_state_save_batch_clients", nil) > 0
+		// Both families of a save: a scrape reads one family after the
+		// other, so it can catch a save between them.
+		return metricValue(after, "tollgate_state_save_batch_clients", nil) > 0 &&
+			metricValue(after, "tollgate_state_save_duration_seconds", nil) > 0
 	}, "the persister to save the changed buckets")
 
 	type series struct {
