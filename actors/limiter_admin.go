@@ -81,7 +81,7 @@ func (l *Limiter) DeleteClient(ctx context.Context, id string) error {
 // request on; the bucket carries over to the new key. The returned client
 // carries newKey in clear.
 func (l *Limiter) RotateKey(ctx context.Context, id, newKey string) (messages.Client, error) {
-	next := messages.Client{APIKey: newKey, KeyHash: messages.HashKey(newKey), KeyPrefix: keyPrefix(newKey)}
+	next := messages.Client{APIKey: newKey, KeyHash: messages.HashKey(newKey), KeyPrefix: messages.KeyPrefix(newKey)}
 	stored := l.atRest(next)
 	old, err := l.store.RotateKey(ctx, id, stored.APIKey, stored.KeyHash, stored.KeyPrefix)
 	if err != nil {
@@ -139,19 +139,12 @@ func withBucket(c messages.Client, rep peekReply, now time.Time) messages.Client
 // hashed at rest.
 func (l *Limiter) atRest(c messages.Client) messages.Client {
 	if c.KeyPrefix == "" {
-		c.KeyPrefix = keyPrefix(c.APIKey)
+		c.KeyPrefix = messages.KeyPrefix(c.APIKey)
 	}
 	if l.cfg.hashAPIKeys {
 		c.APIKey = ""
 	}
 	return c
-}
-
-func keyPrefix(key string) string {
-	if len(key) > messages.KeyPrefixLen {
-		return key[:messages.KeyPrefixLen]
-	}
-	return key
 }
 
 // Collect hands over every bucket state changed since the last Collect,

@@ -37,7 +37,7 @@ func startLimiter(t *testing.T, store *memStore, cfg LimiterConfig) *Limiter {
 
 func newClient(id, key string, rate float64, capacity int64, now time.Time) messages.Client {
 	return messages.Client{
-		ID: id, APIKey: key, KeyHash: messages.HashKey(key), KeyPrefix: keyPrefix(key),
+		ID: id, APIKey: key, KeyHash: messages.HashKey(key), KeyPrefix: messages.KeyPrefix(key),
 		RatePerSec: rate, Capacity: capacity, Tokens: float64(capacity), LastRefill: now,
 	}
 }

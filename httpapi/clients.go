@@ -65,14 +65,6 @@ func newAPIKey() string {
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
 
-// keyPrefix is the part of a key shown when keys are hashed at rest.
-func keyPrefix(key string) string {
-	if len(key) > messages.KeyPrefixLen {
-		return key[:messages.KeyPrefixLen]
-	}
-	return key
-}
-
 func (a *admin) createClient(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
 	data, err := readBody(w, r)
 	if err != nil {
@@ -97,7 +89,7 @@ func (a *admin) createClient(w http.ResponseWriter, r *http.Request, _ httproute
 		ID:         *f.ID,
 		APIKey:     key,
 		KeyHash:    messages.HashKey(key),
-		KeyPrefix:  keyPrefix(key),
+		KeyPrefix:  messages.KeyPrefix(key),
 		RatePerSec: rate,
 		Capacity:   capacity,
 		Tokens:     float64(capacity),

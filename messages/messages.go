@@ -53,6 +53,15 @@ func (h KeyHash) Fingerprint() uint64 { return binary.LittleEndian.Uint64(h[:8])
 // of the key when keys are hashed at rest.
 const KeyPrefixLen = 6
 
+// KeyPrefix is the part of a key shown in place of it when keys are hashed
+// at rest.
+func KeyPrefix(apiKey string) string {
+	if len(apiKey) > KeyPrefixLen {
+		return apiKey[:KeyPrefixLen]
+	}
+	return apiKey
+}
+
 // Client is one API client: its identity, its limits and its bucket state
 // as of LastRefill.
 type Client struct {
