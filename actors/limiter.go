@@ -190,20 +190,5 @@ func (l *Limiter) load(ctx context.Context, s *shard, r *admitReq) {
 
 // ask sends msg to s and waits for its reply on reply.
 func ask[R any](ctx context.Context, s *shard, msg any, reply chan R) (R, error) {
-	var zero R
-	select {
-	case s.ctlc <- msg:
-	case <-ctx.Done():
-		return zero, ctx.Err()
-	case <-s.done:
-		return zero, messages.ErrStopped
-	}
-	select {
-	case r := <-reply:
-		return r, nil
-	case <-ctx.Done():
-		return zero, ctx.Err()
-	case <-s.done:
-		return zero, messages.ErrStopped
-	}
+	return call(ctx, s.done, s.ctlc, msg, reply)
 }

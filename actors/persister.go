@@ -109,21 +109,11 @@ func (p *Persister) finalFlush(ctx context.Context) {
 // reached the store.
 func (p *Persister) Flush(ctx context.Context) error {
 	reply := make(chan error, 1)
-	select {
-	case p.flush <- reply:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-p.done:
-		return messages.ErrStopped
-	}
-	select {
-	case err := <-reply:
+	saveErr, err := call(ctx, p.done, p.flush, reply, reply)
+	if err != nil {
 		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-p.done:
-		return messages.ErrStopped
 	}
+	return saveErr
 }
 
 // save merges what the shards changed into pending and writes it all. A

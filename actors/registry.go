@@ -373,17 +373,7 @@ func snapshotHas(bs []messages.Backend, id int) bool {
 // for GET /backends.
 func (r *Registry) Statuses(ctx context.Context) ([]messages.BackendStatus, error) {
 	req := registryStatusRequest{reply: make(chan []messages.BackendStatus, 1)}
-	if err := registrySend(ctx, r.done, r.statusReqs, req); err != nil {
-		return nil, err
-	}
-	select {
-	case st := <-req.reply:
-		return st, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-r.done:
-		return nil, messages.ErrStopped
-	}
+	return call(ctx, r.done, r.statusReqs, req, req.reply)
 }
 
 // Reconfigure applies a reloaded configuration (SIGHUP): backends added are
@@ -398,28 +388,6 @@ func (r *Registry) Reconfigure(ctx context.Context, cfg RegistryConfig) error {
 		return err
 	}
 	req := registryReconfigRequest{cfg: cfg, urls: urls, reply: make(chan struct{}, 1)}
-	if err := registrySend(ctx, r.done, r.reconfigs, req); err != nil {
-		return err
-	}
-	select {
-	case <-req.reply:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-r.done:
-		return messages.ErrStopped
-	}
-}
-
-// registrySend delivers a request to the loop unless ctx ends or the loop
-// has stopped.
-func registrySend[T any](ctx context.Context, done <-chan struct{}, ch chan<- T, v T) error {
-	select {
-	case ch <- v:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-done:
-		return messages.ErrStopped
-	}
+	_, err = call(ctx, r.done, r.reconfigs, req, req.reply)
+	return err
 }
