@@ -105,10 +105,45 @@ func NewLimiter(ctx context.Context, cfg LimiterConfig, store persist.Store, log
 // or the first shard failure.
 func (l *Limiter) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { l.clock(ctx); return nil })
 	for _, s := range l.shards {
-		g.Go(func() error { return s.run(ctx) })
+		// Each shard selects on its own done channel: every shard's loop
+		// locking one shared ctx.Done channel per message was the main
+		// lock contention under load.
+		sctx, cancel := context.WithCancel(ctx)
+		g.Go(func() error {
+			defer cancel()
+			return s.run(sctx)
+		})
 	}
 	return g.Wait()
+}
+
+// clock sends every shard its refill and sweep ticks until ctx ends. A
+// shard whose control queue is full misses a tick rather than delaying the
+// others: both are catch-up work that the next tick does as well.
+func (l *Limiter) clock(ctx context.Context) {
+	refill := time.NewTicker(l.cfg.addTokensInterval)
+	defer refill.Stop()
+	sweep := time.NewTicker(l.cfg.removeStaleInterval)
+	defer sweep.Stop()
+	for {
+		var tick any
+		select {
+		case <-ctx.Done():
+			return
+		case t := <-refill.C:
+			tick = refillTick(t.UnixNano())
+		case t := <-sweep.C:
+			tick = sweepTick(t.UnixNano())
+		}
+		for _, s := range l.shards {
+			select {
+			case s.ctlc <- tick:
+			default:
+			}
+		}
+	}
 }
 
 // CachedClients is how many clients are cached now, for metrics. It reads
@@ -129,23 +164,31 @@ func (l *Limiter) shardFor(h messages.KeyHash) *shard {
 // refused request is not an error: it has Decision.Allowed false. Errors:
 // messages.ErrUnknownKey, messages.ErrUnavailable (the client had to be
 // loaded and the store failed), messages.ErrStopped, or ctx's error.
+//
+// The common path is two plain channel operations: a send that finds room
+// in the shard's queue and a receive of the answer. The shard answers every
+// request it dequeues at once (with a decision, or "load it", or "queued
+// behind a load"), and answers with ErrStopped whatever is left in its queue
+// when it stops, so that receive needs no ctx or done case; only a request
+// that must wait for a store load waits on ctx too. Selecting on the
+// shard's done channel in every wait made that channel's lock the hottest
+// in the process under load.
 func (l *Limiter) Admit(ctx context.Context, apiKey string) (messages.Decision, error) {
 	h := messages.HashKey(apiKey)
 	s := l.shardFor(h)
 	r := l.reqs.Get().(*admitReq)
 	r.hash, r.now = h, time.Now().UnixNano()
-	select {
-	case s.admitc <- r:
-	case <-ctx.Done():
+	if err := s.enqueue(ctx, r); err != nil {
 		l.reqs.Put(r)
-		return messages.Decision{}, ctx.Err()
-	case <-s.done:
-		l.reqs.Put(r)
-		return messages.Decision{}, messages.ErrStopped
+		return messages.Decision{}, err
 	}
-	rep, err := l.await(ctx, s, r)
-	if err == nil && rep.load {
+	rep := <-r.reply
+	var err error
+	switch {
+	case rep.load:
 		l.load(ctx, s, r)
+		rep, err = l.await(ctx, s, r)
+	case rep.queued:
 		rep, err = l.await(ctx, s, r)
 	}
 	if err != nil {
@@ -156,6 +199,7 @@ func (l *Limiter) Admit(ctx context.Context, apiKey string) (messages.Decision, 
 	return rep.d, rep.err
 }
 
+// await waits for the answer to a request queued behind a store load.
 func (l *Limiter) await(ctx context.Context, s *shard, r *admitReq) (admitReply, error) {
 	select {
 	case rep := <-r.reply:
@@ -163,7 +207,13 @@ func (l *Limiter) await(ctx context.Context, s *shard, r *admitReq) (admitReply,
 	case <-ctx.Done():
 		return admitReply{}, ctx.Err()
 	case <-s.done:
-		return admitReply{}, messages.ErrStopped
+		// The shard answers its queue when it stops, not its loads.
+		select {
+		case rep := <-r.reply:
+			return rep, nil
+		default:
+			return admitReply{}, messages.ErrStopped
+		}
 	}
 }
 

@@ -3,9 +3,11 @@ package actors
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -285,6 +287,56 @@ func TestLimiterShutdown(t *testing.T) {
 	require.ErrorIs(t, err, messages.ErrStopped)
 	_, err = l.GetClient(t.Context(), "c")
 	require.ErrorIs(t, err, messages.ErrStopped)
+}
+
+// Admit waits for its answer without watching ctx or the shard's done
+// channel, so every request a shard queued must be answered even when the
+// shard stops mid-flight: callers with no deadline must all come back.
+func TestAdmitUnderLoadReturnsWhenTheLimiterStops(t *testing.T) {
+	store := newMemStore()
+	keys := make([]string, 16)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key-%02d-0123456789abcdef", i)
+		require.NoError(t, store.CreateClient(t.Context(), newClient(fmt.Sprint("c", i), keys[i], 1e9, 1e9, time.Now())))
+	}
+	for round := range 20 {
+		l, err := NewLimiter(t.Context(), LimiterConfig{Shards: 1 + round%4}, store, discard)
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- l.Run(ctx) }()
+
+		var admitted, stopped atomic.Int64
+		var wg sync.WaitGroup
+		for g := range 64 {
+			wg.Go(func() {
+				for i := g; ; i++ {
+					_, err := l.Admit(context.Background(), keys[i%len(keys)])
+					if errors.Is(err, messages.ErrStopped) {
+						stopped.Add(1)
+						return
+					}
+					if !assert.NoError(t, err) {
+						return
+					}
+					admitted.Add(1)
+				}
+			})
+		}
+		for admitted.Load() < 500 {
+			runtime.Gosched()
+		}
+		cancel()
+		require.NoError(t, <-done)
+		returned := make(chan struct{})
+		go func() { wg.Wait(); close(returned) }()
+		select {
+		case <-returned:
+		case <-time.After(30 * time.Second):
+			t.Fatalf("round %d: Admit callers still blocked after the limiter stopped", round)
+		}
+		assert.Equal(t, int64(64), stopped.Load())
+	}
 }
 
 func TestSweepHandsEvictedStateToTheNextCollect(t *testing.T) {

@@ -37,9 +37,10 @@ func freeEntry(e *entry) {
 }
 
 // admitReq asks a shard to admit one request. It carries its own reply
-// channel (buffer 1) so the shard never blocks on a caller that gave up;
-// requests are pooled and go back to the pool only once their reply has
-// been received.
+// channel, buffered for the two answers a request may get ("queued", then
+// the decision), so the shard never blocks on a caller that gave up;
+// requests are pooled and go back to the pool only once their last reply
+// has been received.
 type admitReq struct {
 	hash  messages.KeyHash
 	now   int64
@@ -52,9 +53,12 @@ type admitReply struct {
 	// load tells the caller it is the first to ask for an indexed but
 	// uncached key: it must load the client and report with loadDone.
 	load bool
+	// queued tells the caller that another request is loading its client:
+	// the decision follows when the load is done.
+	queued bool
 }
 
-func newAdmitReq() any { return &admitReq{reply: make(chan admitReply, 1)} }
+func newAdmitReq() any { return &admitReq{reply: make(chan admitReply, 2)} }
 
 // Control messages: admin changes, loads and persistence. Each carries
 // what it needs and, where the caller waits, a reply channel of buffer 1.
@@ -110,6 +114,10 @@ type (
 		dropCache bool
 		reply     chan struct{}
 	}
+	// refillTick and sweepTick carry the clock's time (Unix ns) for
+	// refillAll and sweep. Nobody waits for them.
+	refillTick int64
+	sweepTick  int64
 	// collectMsg hands the persister every changed state since the last
 	// collect, and the ids deleted since.
 	collectMsg struct {
@@ -169,14 +177,54 @@ func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
 	}
 }
 
-// run is the shard's loop. It returns nil when ctx is cancelled; callers
-// still waiting then get ErrStopped through done.
+// enqueue puts r on s's admission queue. Once it returns nil, r will be
+// answered: by the loop, or with ErrStopped by whoever drains the queue of
+// a stopped shard.
+func (s *shard) enqueue(ctx context.Context, r *admitReq) error {
+	select {
+	case s.admitc <- r:
+	default:
+		select {
+		case s.admitc <- r:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return messages.ErrStopped
+		}
+	}
+	// The shard closes done before its last drain. If done is still open,
+	// that drain comes after this send and answers r; if it is closed, the
+	// drain may be over, so this caller drains: any request it takes gets
+	// ErrStopped, and r has been taken by someone who answers it.
+	select {
+	case <-s.done:
+		s.drainStopped()
+	default:
+	}
+	return nil
+}
+
+// drainStopped answers every queued admission with ErrStopped. It runs
+// after done is closed, in the shard and in late senders.
+func (s *shard) drainStopped() {
+	for {
+		select {
+		case r := <-s.admitc:
+			r.reply <- admitReply{err: messages.ErrStopped}
+		default:
+			return
+		}
+	}
+}
+
+// run is the shard's loop. It returns nil when ctx is cancelled; requests
+// still queued then get ErrStopped, and callers waiting for a load get it
+// through done.
 func (s *shard) run(ctx context.Context) error {
+	defer s.drainStopped()
 	defer close(s.done)
-	refill := time.NewTicker(s.cfg.addTokensInterval)
-	defer refill.Stop()
-	sweep := time.NewTicker(s.cfg.removeStaleInterval)
-	defer sweep.Stop()
+	// Ticks arrive as control messages from the Limiter's clock: a timer
+	// channel in this select would cost timer bookkeeping on every wait.
 	for {
 		select {
 		case <-ctx.Done():
@@ -186,10 +234,6 @@ func (s *shard) run(ctx context.Context) error {
 			s.drainAdmits()
 		case m := <-s.ctlc:
 			s.control(m)
-		case t := <-refill.C:
-			s.refillAll(t.UnixNano())
-		case t := <-sweep.C:
-			s.sweep(t.UnixNano())
 		}
 	}
 }
@@ -220,6 +264,7 @@ func (s *shard) admit(r *admitReq) {
 	}
 	if p, ok := s.loading[r.hash]; ok {
 		p.waiters = append(p.waiters, r)
+		r.reply <- admitReply{queued: true}
 		return
 	}
 	s.loading[r.hash] = &pendingLoad{}
@@ -239,6 +284,10 @@ func (s *shard) take(e *entry, now int64) admitReply {
 
 func (s *shard) control(m any) {
 	switch m := m.(type) {
+	case refillTick:
+		s.refillAll(int64(m))
+	case sweepTick:
+		s.sweep(int64(m))
 	case *loadDone:
 		s.loaded(m)
 	case *installMsg:
