@@ -2,12 +2,16 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"log"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
+	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tollgate/tollgate/messages"
@@ -22,9 +26,20 @@ import (
 // and attempt requests reference only their own body readers).
 type exchange struct {
 	p        *Pipeline
-	proxy    httputil.ReverseProxy
-	body     attemptBody // wraps the delivered response's body
+	proxy    httputil.ReverseProxy // for protocol upgrades; see forward
+	trace    httptrace.ClientTrace // relays 1xx answers; bound once
+	body     attemptBody           // wraps the delivered response's body
 	triedBuf [8]int
+
+	// The outbound request template of forward and its parts.
+	out    http.Request
+	url    url.URL
+	inBody noCloseBody
+	base   context.Context // attempts' parent: the request's, with trace
+	// mu guards roundTripDone against got1xx, which runs on the
+	// transport's goroutine.
+	mu            sync.Mutex
+	roundTripDone bool
 
 	// Per request; reset clears them.
 	in       *http.Request
@@ -58,6 +73,7 @@ func newExchange(p *Pipeline) *exchange {
 		// timer goroutine per response for little gain.
 		FlushInterval: 0,
 	}
+	x.trace.Got1xxResponse = x.got1xx
 	return x
 }
 
@@ -85,6 +101,11 @@ func (x *exchange) reset() {
 	x.bytes = 0
 	x.err = nil
 	x.body = attemptBody{}
+	x.out = http.Request{}
+	x.url = url.URL{}
+	x.inBody = noCloseBody{}
+	x.base = nil
+	x.roundTripDone = false
 }
 
 func (x *exchange) requestID() string { return x.idVal[0] }
@@ -128,8 +149,13 @@ func (x *exchange) errorHandler(w http.ResponseWriter, _ *http.Request, err erro
 // rewrite is the proxy's Rewrite. The proxy has already removed hop-by-hop
 // and client-sent forwarding headers; the backend URL is set per attempt.
 func (x *exchange) rewrite(pr *httputil.ProxyRequest) {
-	h := pr.Out.Header
-	x.setForwarded(pr.In, h)
+	x.rewriteHeader(pr.In, pr.Out.Header)
+}
+
+// rewriteHeader sets the outbound headers of in: X-Forwarded-*, the
+// client and request IDs, and removes what must not reach a backend.
+func (x *exchange) rewriteHeader(in *http.Request, h http.Header) {
+	x.setForwarded(in, h)
 	delete(h, "Authorization")
 	// Tollgate has already read (or is streaming) the body, answering the
 	// client's 100-continue itself; asking the backend again only costs a
@@ -159,11 +185,16 @@ func (x *exchange) setForwarded(in *http.Request, h http.Header) {
 
 // Write receives the proxy's ErrorLog lines.
 func (x *exchange) Write(line []byte) (int, error) {
+	x.logProxyError(errors.New(strings.TrimSpace(string(line))))
+	return len(line), nil
+}
+
+// logProxyError logs a failure to relay an answer already under way.
+func (x *exchange) logProxyError(err error) {
 	x.p.logger.LogAttrs(x.in.Context(), slog.LevelWarn, "proxy error",
 		slog.String("request_id", x.requestID()),
 		slog.String("client_id", x.clientID()),
 		slog.String("backend", x.backend),
-		slog.String("err", strings.TrimSpace(string(line))),
+		slog.String("err", err.Error()),
 	)
-	return len(line), nil
 }

@@ -182,7 +182,7 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// when the proxy copies it over.
 	x.w = w
 	x.stamp(w.Header())
-	x.proxy.ServeHTTP(w, r)
+	x.forward(w, r)
 }
 
 // finish measures and logs the request and recycles its exchange.

@@ -203,6 +203,9 @@ func (x *exchange) timedTry(out *http.Request, b messages.Backend, body *request
 // success the returned cancel is owned by the response body.
 func (x *exchange) try(out *http.Request, b messages.Backend, body *requestBody, timeout time.Duration) outcome {
 	ctx, cancel := out.Context(), context.CancelFunc(noCancel)
+	if x.base != nil {
+		ctx = x.base
+	}
 	if timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 	}

@@ -1,0 +1,289 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"strings"
+)
+
+// forward sends an admitted request to the backends and streams the answer
+// back. It does for every request but a protocol upgrade what
+// httputil.ReverseProxy does, in the same order and with the same rules,
+// without the per-request copies the stock proxy makes because it cannot
+// know who owns what: the outbound header map shares the inbound value
+// slices (nobody writes to them), the outbound request template lives in
+// the exchange, the 1xx hook is bound once per exchange, and the backend's
+// header values move into the answer instead of being copied one by one.
+// Upgrades go through the ReverseProxy, whose hijack-and-splice code is
+// worth reusing.
+func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
+	if containsToken(r.Header["Connection"], "upgrade") {
+		x.proxy.ServeHTTP(w, r)
+		return
+	}
+	out := x.outbound(r)
+	res, err := x.RoundTrip(out)
+	x.mu.Lock()
+	x.roundTripDone = true // no 1xx may touch w from now on
+	x.mu.Unlock()
+	if err != nil {
+		x.fail(w, err)
+		return
+	}
+	x.respond(w, r, res)
+}
+
+// outbound turns r into the template every attempt copies: hop-by-hop and
+// client-sent forwarding headers removed, Tollgate's added, the body
+// shielded from the transport's Close.
+func (x *exchange) outbound(r *http.Request) *http.Request {
+	// Room for the headers rewriteHeader adds, so the map does not grow.
+	h := make(http.Header, len(r.Header)+5)
+	for k, vv := range r.Header {
+		h[k] = vv
+	}
+	wantsTrailers := containsToken(h["Te"], "trailers")
+	removeHopByHop(h)
+	if wantsTrailers {
+		// Tell the backend the client can take trailers, as the stock
+		// proxy does (Go issue 21096).
+		h["Te"] = teTrailers
+	}
+	for _, k := range clientForwardingKeys {
+		delete(h, k)
+	}
+	x.rewriteHeader(r, h)
+	if _, ok := h["User-Agent"]; !ok {
+		// Send no User-Agent rather than the Go client's default.
+		h["User-Agent"] = emptyValue
+	}
+
+	x.url = *r.URL
+	x.url.RawQuery = cleanQuery(x.url.RawQuery)
+	out := &x.out
+	*out = *r
+	out.Header = h
+	out.URL = &x.url
+	out.RequestURI = ""
+	out.Close = false
+	switch {
+	case r.ContentLength == 0:
+		out.Body = nil // lets the transport retry a request on a stale connection
+	case r.Body != nil:
+		// The transport closes a request body when an attempt fails;
+		// closing the server's body could wait for a client still to send
+		// it (100-continue). The server closes it after the handler.
+		x.inBody = noCloseBody{r.Body}
+		out.Body = &x.inBody
+	}
+	x.base = httptrace.WithClientTrace(r.Context(), &x.trace)
+	return out
+}
+
+// respond streams res to the client, then its trailers.
+func (x *exchange) respond(w http.ResponseWriter, r *http.Request, res *http.Response) {
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		// Only an upgrade request may be answered with 101, and those go
+		// through the ReverseProxy.
+		_ = res.Body.Close()
+		x.fail(w, fmt.Errorf("%w: backend switched protocols unasked", errBadGateway))
+		return
+	}
+	removeHopByHop(res.Header)
+	h := w.Header()
+	for k, vv := range res.Header {
+		if old, ok := h[k]; ok {
+			h[k] = append(old, vv...)
+		} else {
+			h[k] = vv // res is ours and dropped after this
+		}
+	}
+	// The transport moves a "Trailer" header into res.Trailer's keys;
+	// announce them again.
+	announced := len(res.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		h.Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(res.StatusCode)
+
+	if err := x.copyBody(w, res); err != nil {
+		_ = res.Body.Close()
+		// Nothing better to do halfway through a streamed answer than to
+		// abort it, which the server does for this panic without a log
+		// line. Outside a server (tests), the stock proxy just returns.
+		if r.Context().Value(http.ServerContextKey) != nil {
+			panic(http.ErrAbortHandler)
+		}
+		return
+	}
+	_ = res.Body.Close() // now, to populate res.Trailer
+
+	if len(res.Trailer) > 0 {
+		// Force chunking, so the server sends trailers rather than
+		// computing a Content-Length for a short body.
+		_ = http.NewResponseController(w).Flush()
+	}
+	if len(res.Trailer) == announced {
+		copyHeader(h, res.Trailer)
+		return
+	}
+	for k, vv := range res.Trailer {
+		k = http.TrailerPrefix + k
+		for _, v := range vv {
+			h.Add(k, v)
+		}
+	}
+}
+
+// copyBody copies the answer's body to the client. Answers of unknown
+// length and event streams are flushed after every read, so they stream;
+// others ride the server's write buffer.
+func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
+	var flush func() error
+	if res.ContentLength == -1 || isEventStream(res.Header) {
+		flush = http.NewResponseController(w).Flush
+	}
+	buf := x.p.buffers.Get()
+	defer x.p.buffers.Put(buf)
+	for {
+		n, rerr := res.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if flush != nil {
+				if ferr := flush(); ferr != nil {
+					return ferr
+				}
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return nil
+		case rerr != nil:
+			if !errors.Is(rerr, context.Canceled) {
+				x.logProxyError(fmt.Errorf("read error during body copy: %w", rerr))
+			}
+			return rerr
+		}
+	}
+}
+
+// got1xx relays an informational answer (100 Continue, 103 Early Hints) to
+// the client while the attempt waits for the final one. It runs on the
+// transport's goroutine, hence the lock.
+func (x *exchange) got1xx(code int, header textproto.MIMEHeader) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.roundTripDone {
+		return nil
+	}
+	h := x.w.Header()
+	copyHeader(h, http.Header(header))
+	x.w.WriteHeader(code)
+	// The server does not clear the header map after a 1xx.
+	clear(h)
+	return nil
+}
+
+// noCloseBody hides a body's Close from the transport.
+type noCloseBody struct{ io.Reader }
+
+func (noCloseBody) Close() error { return nil }
+
+var (
+	teTrailers = []string{"trailers"}
+	emptyValue = []string{""}
+)
+
+// hopByHop are the headers of one connection, never forwarded (RFC 9110
+// 7.6.1), beside those a Connection header names.
+var hopByHop = [...]string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// clientForwardingKeys are forwarding headers a client may have sent;
+// Tollgate sets its own and trusts none of these.
+var clientForwardingKeys = [...]string{"Forwarded", hdrForwardedFor, hdrForwardedHost, hdrForwardedProto}
+
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, k := range hopByHop {
+		delete(h, k)
+	}
+}
+
+// containsToken reports whether a comma-separated header contains token,
+// compared case-insensitively.
+func containsToken(values []string, token string) bool {
+	for _, v := range values {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func isEventStream(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.EqualFold(strings.TrimSpace(ct), "text/event-stream")
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		for _, v := range vv {
+			dst.Add(k, v)
+		}
+	}
+}
+
+// cleanQuery drops a query the backend could parse differently from us,
+// as the stock proxy does: one with a semicolon or a malformed escape is
+// re-encoded from what url.ParseQuery accepts of it.
+func cleanQuery(q string) string {
+	for i := 0; i < len(q); {
+		switch q[i] {
+		case ';':
+			return reencodeQuery(q)
+		case '%':
+			if i+2 >= len(q) || !isHex(q[i+1]) || !isHex(q[i+2]) {
+				return reencodeQuery(q)
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return q
+}
+
+func reencodeQuery(q string) string {
+	v, _ := url.ParseQuery(q) // keeps what parses: the point
+	return v.Encode()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
