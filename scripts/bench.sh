@@ -3,8 +3,9 @@
 # HAProxy, Caddy and plain Go proxies through ../shared/bench/run.sh.
 #
 #   scripts/bench.sh            # both parts
-#   BENCH_PART=go scripts/bench.sh     # Go benchmarks only
-#   BENCH_PART=peers scripts/bench.sh  # the peer comparison only
+#   BENCH_PART=go scripts/bench.sh       # Go benchmarks only
+#   BENCH_PART=peers scripts/bench.sh    # the peer comparison only
+#   BENCH_PART=latency scripts/bench.sh  # fixed-rate latency, Tollgate vs gopool
 #
 # The peer run's knobs (ROUNDS, CONNS, DURATION, LAYOUTS, ...) pass through;
 # see the header of ../shared/bench/run.sh. Results go to bench/results/
@@ -24,7 +25,7 @@ if [[ $PART == all || $PART == go ]]; then
 	echo "--- Go benchmarks"
 	go test -run '^$' -bench . -benchmem -count "${BENCH_COUNT:-5}" ./... | tee "$RESULTS/go-$stamp.txt"
 fi
-[[ $PART == all || $PART == peers ]] || exit 0
+[[ $PART == all || $PART == peers || $PART == latency ]] || exit 0
 
 harness=${PEERBENCH:-../shared/bench/run.sh}
 [[ -x $harness || -f $harness ]] || { echo "bench: no peer harness at $harness" >&2; exit 1; }
@@ -86,8 +87,16 @@ curl -fsS -X POST http://127.0.0.1:18097/clients -H 'Content-Type: application/j
 kill -TERM "$pid"
 wait "$pid"
 
-echo "--- peer comparison"
-out="$RESULTS/peers-$stamp"
-OUTDIR="$PWD/$out" EXTRA_NAME=tollgate WRK_HEADER="Authorization: Bearer $key" \
-	bash "$harness" 18095 "$PWD/bin/tollgate" -config "$work/bench.json"
-echo "bench: results in $out"
+if [[ $PART == all || $PART == peers ]]; then
+	echo "--- peer comparison"
+	out="$RESULTS/peers-$stamp"
+	OUTDIR="$PWD/$out" EXTRA_NAME=tollgate WRK_HEADER="Authorization: Bearer $key" \
+		bash "$harness" 18095 "$PWD/bin/tollgate" -config "$work/bench.json"
+	echo "bench: results in $out"
+fi
+if [[ $PART == all || $PART == latency ]]; then
+	echo "--- latency at a fixed rate"
+	out="$RESULTS/latency-$stamp"
+	HARNESS_DIR="$(dirname "$harness")" scripts/latency.sh "$PWD/bin/tollgate" "$work/bench.json" "$key" "$out"
+	echo "bench: results in $out"
+fi
