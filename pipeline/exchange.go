@@ -7,11 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/tollgate/tollgate/messages"
@@ -27,19 +25,13 @@ import (
 type exchange struct {
 	p        *Pipeline
 	proxy    httputil.ReverseProxy // for protocol upgrades; see forward
-	trace    httptrace.ClientTrace // relays 1xx answers; bound once
 	body     attemptBody           // wraps the delivered response's body
 	triedBuf [8]int
 
-	// The outbound request template of forward and its parts.
-	out    http.Request
-	url    url.URL
-	inBody noCloseBody
-	base   context.Context // attempts' parent: the request's, with trace
-	// mu guards roundTripDone against got1xx, which runs on the
-	// transport's goroutine.
-	mu            sync.Mutex
-	roundTripDone bool
+	// forward's outbound request template, which attempts copy.
+	out  http.Request
+	url  url.URL
+	base context.Context // attempts' parent: the request's, with the 1xx relay
 
 	// Per request; reset clears them.
 	in       *http.Request
@@ -73,7 +65,6 @@ func newExchange(p *Pipeline) *exchange {
 		// timer goroutine per response for little gain.
 		FlushInterval: 0,
 	}
-	x.trace.Got1xxResponse = x.got1xx
 	return x
 }
 
@@ -103,9 +94,7 @@ func (x *exchange) reset() {
 	x.body = attemptBody{}
 	x.out = http.Request{}
 	x.url = url.URL{}
-	x.inBody = noCloseBody{}
 	x.base = nil
-	x.roundTripDone = false
 }
 
 func (x *exchange) requestID() string { return x.idVal[0] }

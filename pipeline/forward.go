@@ -10,6 +10,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // forward sends an admitted request to the backends and streams the answer
@@ -18,20 +20,27 @@ import (
 // without the per-request copies the stock proxy makes because it cannot
 // know who owns what: the outbound header map shares the inbound value
 // slices (nobody writes to them), the outbound request template lives in
-// the exchange, the 1xx hook is bound once per exchange, and the backend's
-// header values move into the answer instead of being copied one by one.
-// Upgrades go through the ReverseProxy, whose hijack-and-splice code is
-// worth reusing.
+// the exchange, and the backend's header values move into the answer
+// instead of being copied one by one. Upgrades go through the
+// ReverseProxy, whose hijack-and-splice code is worth reusing.
+//
+// What the transport may still touch after RoundTrip returns (the request
+// body, the 1xx hook) is allocated per request, never pooled: a late call
+// must find its own request, not the next one to use this exchange.
 func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 	if containsToken(r.Header["Connection"], "upgrade") {
 		x.proxy.ServeHTTP(w, r)
 		return
 	}
-	out := x.outbound(r)
+	out, relay, body := x.outbound(w, r)
+	if body != nil {
+		// Reading the client's body after the handler returns is not
+		// allowed; the transport may try while it still writes a request
+		// whose answer came early.
+		defer body.closed.Store(true)
+	}
 	res, err := x.RoundTrip(out)
-	x.mu.Lock()
-	x.roundTripDone = true // no 1xx may touch w from now on
-	x.mu.Unlock()
+	relay.end()
 	if err != nil {
 		x.fail(w, err)
 		return
@@ -42,7 +51,7 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 // outbound turns r into the template every attempt copies: hop-by-hop and
 // client-sent forwarding headers removed, Tollgate's added, the body
 // shielded from the transport's Close.
-func (x *exchange) outbound(r *http.Request) *http.Request {
+func (x *exchange) outbound(w http.ResponseWriter, r *http.Request) (*http.Request, *relay1xx, *guardedBody) {
 	// Room for the headers rewriteHeader adds, so the map does not grow.
 	h := make(http.Header, len(r.Header)+5)
 	for k, vv := range r.Header {
@@ -72,18 +81,18 @@ func (x *exchange) outbound(r *http.Request) *http.Request {
 	out.URL = &x.url
 	out.RequestURI = ""
 	out.Close = false
+	var body *guardedBody
 	switch {
 	case r.ContentLength == 0:
 		out.Body = nil // lets the transport retry a request on a stale connection
 	case r.Body != nil:
-		// The transport closes a request body when an attempt fails;
-		// closing the server's body could wait for a client still to send
-		// it (100-continue). The server closes it after the handler.
-		x.inBody = noCloseBody{r.Body}
-		out.Body = &x.inBody
+		body = &guardedBody{rc: r.Body}
+		out.Body = body
 	}
-	x.base = httptrace.WithClientTrace(r.Context(), &x.trace)
-	return out
+	relay := &relay1xx{w: w}
+	relay.trace.Got1xxResponse = relay.got1xx
+	x.base = httptrace.WithClientTrace(r.Context(), &relay.trace)
+	return out, relay, body
 }
 
 // respond streams res to the client, then its trailers.
@@ -179,27 +188,61 @@ func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
 	}
 }
 
-// got1xx relays an informational answer (100 Continue, 103 Early Hints) to
-// the client while the attempt waits for the final one. It runs on the
-// transport's goroutine, hence the lock.
-func (x *exchange) got1xx(code int, header textproto.MIMEHeader) error {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if x.roundTripDone {
+// relay1xx relays a request's informational answers (100 Continue, 103
+// Early Hints) to its client while an attempt waits for the final one.
+// The transport calls got1xx on its own goroutine, hence the lock.
+type relay1xx struct {
+	trace httptrace.ClientTrace
+	w     http.ResponseWriter
+	mu    sync.Mutex
+	done  bool
+}
+
+func (rl *relay1xx) got1xx(code int, header textproto.MIMEHeader) error {
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if rl.done {
 		return nil
 	}
-	h := x.w.Header()
+	h := rl.w.Header()
 	copyHeader(h, http.Header(header))
-	x.w.WriteHeader(code)
+	rl.w.WriteHeader(code)
 	// The server does not clear the header map after a 1xx.
 	clear(h)
 	return nil
 }
 
-// noCloseBody hides a body's Close from the transport.
-type noCloseBody struct{ io.Reader }
+// end stops the relay: the final answer is about to be written.
+func (rl *relay1xx) end() {
+	rl.mu.Lock()
+	rl.done = true
+	rl.mu.Unlock()
+}
 
-func (noCloseBody) Close() error { return nil }
+// guardedBody is the client's request body as the transport sees it. Its
+// Close does not close the client's body: the transport closes a request
+// body when an attempt fails, and closing the server's body could wait for
+// a client still to send it (100-continue); the server closes it after the
+// handler. Once closed (by the transport, or when the handler is done),
+// reads fail, as with the stock proxy's body.
+type guardedBody struct {
+	rc     io.ReadCloser
+	closed atomic.Bool
+}
+
+var errBodyAfterHandler = errors.New("pipeline: request body read after its handler returned")
+
+func (b *guardedBody) Read(p []byte) (int, error) {
+	if b.closed.Load() {
+		return 0, errBodyAfterHandler
+	}
+	return b.rc.Read(p)
+}
+
+func (b *guardedBody) Close() error {
+	b.closed.Store(true)
+	return nil
+}
 
 var (
 	teTrailers = []string{"trailers"}

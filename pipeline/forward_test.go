@@ -3,6 +3,9 @@ package pipeline
 import (
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/textproto"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -76,4 +79,26 @@ func TestBackendHeaderValuesReachTheClientWhole(t *testing.T) {
 	assert.Equal(t, []string{"a=1", "b=2"}, res.Header.Values("Set-Cookie"))
 	assert.Equal(t, "text/plain", res.Header.Get("Content-Type"))
 	assert.Len(t, res.Header.Values("X-Request-Id"), 1, "ours, once")
+}
+
+// The transport may call the 1xx hook or read the request body after the
+// attempt that owns them has ended; neither may reach the client then.
+func TestLateTransportCallsAreInert(t *testing.T) {
+	w := httptest.NewRecorder()
+	w.Header().Set("X-Request-Id", "mine")
+	rl := &relay1xx{w: w}
+	rl.end()
+	require.NoError(t, rl.got1xx(http.StatusEarlyHints, textproto.MIMEHeader{"Link": {"</a.css>"}}))
+	assert.Equal(t, "mine", w.Header().Get("X-Request-Id"), "headers untouched")
+	assert.Empty(t, w.Header().Get("Link"))
+	assert.False(t, w.Flushed)
+
+	b := &guardedBody{rc: io.NopCloser(strings.NewReader("payload"))}
+	buf := make([]byte, 3)
+	n, err := b.Read(buf)
+	require.NoError(t, err)
+	assert.Equal(t, "pay", string(buf[:n]))
+	require.NoError(t, b.Close())
+	_, err = b.Read(buf)
+	assert.ErrorIs(t, err, errBodyAfterHandler)
 }
