@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -289,6 +288,18 @@ func TestLimiterShutdown(t *testing.T) {
 	require.ErrorIs(t, err, messages.ErrStopped)
 }
 
+func TestAdmitWithADoneContextQueuesNothing(t *testing.T) {
+	store := newMemStore()
+	require.NoError(t, store.CreateClient(t.Context(), newClient("c", "key-c-0123456789", 1, 10, time.Now())))
+	l, err := NewLimiter(t.Context(), LimiterConfig{Shards: 1}, store, discard)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, err = l.Admit(ctx, "key-c-0123456789") // Run is not even running
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Zero(t, len(l.shards[0].admitc))
+}
+
 // Admit waits for its answer without watching ctx or the shard's done
 // channel, so every request a shard queued must be answered even when the
 // shard stops mid-flight: callers with no deadline must all come back.
@@ -323,9 +334,8 @@ func TestAdmitUnderLoadReturnsWhenTheLimiterStops(t *testing.T) {
 				}
 			})
 		}
-		for admitted.Load() < 500 {
-			runtime.Gosched()
-		}
+		require.Eventually(t, func() bool { return admitted.Load() >= 500 },
+			30*time.Second, time.Millisecond, "round %d: admissions under way", round)
 		cancel()
 		require.NoError(t, <-done)
 		returned := make(chan struct{})

@@ -38,7 +38,8 @@ func freeEntry(e *entry) {
 
 // admitReq asks a shard to admit one request. It carries its own reply
 // channel, buffered for the two answers a request may get ("queued", then
-// the decision), so the shard never blocks on a caller that gave up;
+// the decision; hence 2, not the usual 1), so the shard never blocks on a
+// caller that gave up;
 // requests are pooled and go back to the pool only once their last reply
 // has been received.
 type admitReq struct {

@@ -15,13 +15,14 @@ import (
 	"github.com/tollgate/tollgate/messages"
 )
 
-// exchange is the state of one request in flight. Exchanges are pooled:
-// each carries its own ReverseProxy whose Rewrite, Transport and
-// ErrorHandler are bound to it once, at creation, so forwarding a request
-// needs no closure and no context value to find its state. An exchange is
-// used by one request at a time; nothing keeps a reference to it after
-// ServeHTTP returns (the proxy closes the response body before returning,
-// and attempt requests reference only their own body readers).
+// exchange is the state of one request in flight. Exchanges are pooled,
+// with what forward needs for every request (the outbound request
+// template) and a ReverseProxy for protocol upgrades, whose Rewrite,
+// Transport and ErrorHandler are bound to it once, at creation. An
+// exchange is used by one request at a time; nothing keeps a reference to
+// it after ServeHTTP returns: the response body is closed before, attempt
+// requests reference only their own URLs and body readers, and the
+// per-request 1xx relay goes inert when the attempts end.
 type exchange struct {
 	p        *Pipeline
 	proxy    httputil.ReverseProxy // for protocol upgrades; see forward
@@ -29,9 +30,10 @@ type exchange struct {
 	triedBuf [8]int
 
 	// forward's outbound request template, which attempts copy.
-	out  http.Request
-	url  url.URL
-	base context.Context // attempts' parent: the request's, with the 1xx relay
+	out   http.Request
+	url   url.URL
+	base  context.Context // attempts' parent: the request's, with the 1xx relay
+	relay *relay1xx       // nil on the ReverseProxy path
 
 	// Per request; reset clears them.
 	in       *http.Request
@@ -59,10 +61,9 @@ func newExchange(p *Pipeline) *exchange {
 		// The proxy logs only a broken response stream; route it through
 		// slog with this request's ID.
 		ErrorLog: log.New(x, "", 0),
-		// 0: the proxy flushes at once for streamed (unknown-length) and
-		// event-stream answers, and lets the server's few-KiB write
-		// buffers batch fixed-length ones. A negative value would start a
-		// timer goroutine per response for little gain.
+		// Upgrades only. 0: the proxy flushes at once for streamed
+		// (unknown-length) and event-stream answers, and lets the server's
+		// write buffers batch fixed-length ones.
 		FlushInterval: 0,
 	}
 	return x
@@ -95,6 +96,7 @@ func (x *exchange) reset() {
 	x.out = http.Request{}
 	x.url = url.URL{}
 	x.base = nil
+	x.relay = nil
 }
 
 func (x *exchange) requestID() string { return x.idVal[0] }

@@ -32,7 +32,8 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 		x.proxy.ServeHTTP(w, r)
 		return
 	}
-	out, relay, body := x.outbound(w, r)
+	out, relay, body := x.outbound(r)
+	x.relay = relay
 	if body != nil {
 		// Reading the client's body after the handler returns is not
 		// allowed; the transport may try while it still writes a request
@@ -51,7 +52,7 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 // outbound turns r into the template every attempt copies: hop-by-hop and
 // client-sent forwarding headers removed, Tollgate's added, the body
 // shielded from the transport's Close.
-func (x *exchange) outbound(w http.ResponseWriter, r *http.Request) (*http.Request, *relay1xx, *guardedBody) {
+func (x *exchange) outbound(r *http.Request) (*http.Request, *relay1xx, *guardedBody) {
 	// Room for the headers rewriteHeader adds, so the map does not grow.
 	h := make(http.Header, len(r.Header)+5)
 	for k, vv := range r.Header {
@@ -89,7 +90,7 @@ func (x *exchange) outbound(w http.ResponseWriter, r *http.Request) (*http.Reque
 		body = &guardedBody{rc: r.Body}
 		out.Body = body
 	}
-	relay := &relay1xx{w: w}
+	relay := &relay1xx{x: x}
 	relay.trace.Got1xxResponse = relay.got1xx
 	x.base = httptrace.WithClientTrace(r.Context(), &relay.trace)
 	return out, relay, body
@@ -155,12 +156,17 @@ func (x *exchange) respond(w http.ResponseWriter, r *http.Request, res *http.Res
 }
 
 // copyBody copies the answer's body to the client. Answers of unknown
-// length and event streams are flushed after every read, so they stream;
-// others ride the server's write buffer.
+// length and event streams stream: their headers go out at once, before
+// the backend sends a byte of body (an event stream may wait minutes for
+// its first event), and every read is flushed. Others ride the server's
+// write buffer. Flush errors are ignored, as the stock proxy does: a
+// writer that cannot flush still delivers, and a dead client fails the
+// next Write.
 func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
 	var flush func() error
 	if res.ContentLength == -1 || isEventStream(res.Header) {
 		flush = http.NewResponseController(w).Flush
+		_ = flush()
 	}
 	buf := x.p.buffers.Get()
 	defer x.p.buffers.Put(buf)
@@ -171,9 +177,7 @@ func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
 				return werr
 			}
 			if flush != nil {
-				if ferr := flush(); ferr != nil {
-					return ferr
-				}
+				_ = flush()
 			}
 		}
 		switch {
@@ -189,11 +193,14 @@ func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
 }
 
 // relay1xx relays a request's informational answers (100 Continue, 103
-// Early Hints) to its client while an attempt waits for the final one.
-// The transport calls got1xx on its own goroutine, hence the lock.
+// Early Hints) to its client while its attempts run. The transport calls
+// got1xx on its own goroutine, possibly late, for an attempt already given
+// up: the lock orders it with the attempt loop's last look at the
+// writer's headers, and once done it touches nothing, so it never reaches
+// x after x moved on to another request.
 type relay1xx struct {
 	trace httptrace.ClientTrace
-	w     http.ResponseWriter
+	x     *exchange
 	mu    sync.Mutex
 	done  bool
 }
@@ -204,11 +211,13 @@ func (rl *relay1xx) got1xx(code int, header textproto.MIMEHeader) error {
 	if rl.done {
 		return nil
 	}
-	h := rl.w.Header()
+	h := rl.x.w.Header()
 	copyHeader(h, http.Header(header))
-	rl.w.WriteHeader(code)
-	// The server does not clear the header map after a 1xx.
+	rl.x.w.WriteHeader(code)
+	// The server does not clear the header map after a 1xx; ours go back
+	// for the final answer.
 	clear(h)
+	rl.x.stamp(h)
 	return nil
 }
 

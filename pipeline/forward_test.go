@@ -1,12 +1,14 @@
 package pipeline
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -86,7 +88,7 @@ func TestBackendHeaderValuesReachTheClientWhole(t *testing.T) {
 func TestLateTransportCallsAreInert(t *testing.T) {
 	w := httptest.NewRecorder()
 	w.Header().Set("X-Request-Id", "mine")
-	rl := &relay1xx{w: w}
+	rl := &relay1xx{x: &exchange{w: w}}
 	rl.end()
 	require.NoError(t, rl.got1xx(http.StatusEarlyHints, textproto.MIMEHeader{"Link": {"</a.css>"}}))
 	assert.Equal(t, "mine", w.Header().Get("X-Request-Id"), "headers untouched")
@@ -101,4 +103,63 @@ func TestLateTransportCallsAreInert(t *testing.T) {
 	require.NoError(t, b.Close())
 	_, err = b.Read(buf)
 	assert.ErrorIs(t, err, errBodyAfterHandler)
+}
+
+// An event stream may wait long for its first event: the client must get
+// the answer's headers as soon as the backend sends them.
+func TestStreamedAnswerHeadersArriveBeforeAnyBody(t *testing.T) {
+	for _, ct := range []string{"text/event-stream", "application/octet-stream"} {
+		t.Run(ct, func(t *testing.T) {
+			release := make(chan struct{})
+			b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", ct)
+				w.WriteHeader(http.StatusOK)
+				http.NewResponseController(w).Flush()
+				select {
+				case <-release:
+				case <-r.Context().Done():
+				}
+				_, _ = io.WriteString(w, "data: late\n\n")
+			})
+			h := newHarness(t, setup{backends: []string{b.URL}})
+			got := make(chan *http.Response, 1)
+			go func() {
+				res := h.send(t, request{})
+				got <- res
+			}()
+			select {
+			case res := <-got:
+				assert.Equal(t, http.StatusOK, res.StatusCode)
+				assert.Equal(t, ct, res.Header.Get("Content-Type"))
+				close(release)
+				body, err := io.ReadAll(res.Body)
+				require.NoError(t, err)
+				assert.Equal(t, "data: late\n\n", string(body))
+				require.NoError(t, res.Body.Close())
+			case <-time.After(10 * time.Second):
+				close(release)
+				t.Fatal("no headers while the backend held back the body")
+			}
+		})
+	}
+}
+
+// A 1xx clears the writer's headers; Tollgate's come back for the final
+// answer.
+func TestHeadersSurviveSeveralEarlyHints(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, _ *http.Request) {
+		for i := range 2 {
+			w.Header().Set("Link", fmt.Sprintf("</s%d.css>; rel=preload", i))
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		w.Header().Del("Link")
+		_, _ = io.WriteString(w, "ok")
+	})
+	h := newHarness(t, setup{backends: []string{b.URL}})
+	res, body := h.do(t, request{})
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, "ok", body)
+	assert.Len(t, res.Header.Values("X-Request-Id"), 1)
+	assert.NotEmpty(t, res.Header.Get("X-Ratelimit-Limit"))
+	assert.Empty(t, res.Header.Get("Link"), "hints stay on the 1xx")
 }

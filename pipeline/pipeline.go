@@ -1,8 +1,8 @@
 // Package pipeline owns the main port's request path (SPEC 3): authenticate
 // the API key, admit the request against the client's bucket, pick a healthy
-// backend round-robin, forward through net/http/httputil.ReverseProxy and
-// retry failed attempts on other backends. It also stamps request IDs and
-// writes the access log (SPEC 6).
+// backend round-robin, forward (by httputil.ReverseProxy's rules, without
+// its per-request copies) and retry failed attempts on other backends. It
+// also stamps request IDs and writes the access log (SPEC 6).
 //
 // A Pipeline starts no goroutines of its own; the http.Transport it builds
 // keeps pooled connections, which CloseIdleConnections releases at shutdown.
@@ -177,9 +177,8 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.reply(w, replyRateLimited)
 		return
 	}
-	// Stamped before forwarding by assignment, which costs nothing;
-	// stamping the backend's answer would cost an allocation per header
-	// when the proxy copies it over.
+	// Stamped before forwarding by assignment, which costs nothing; the
+	// backend's headers then join them in the same map.
 	x.w = w
 	x.stamp(w.Header())
 	x.forward(w, r)

@@ -80,9 +80,10 @@ type outcome struct {
 	fail   failure
 }
 
-// RoundTrip is the attempt loop. The proxy calls it once per request with
-// the rewritten outbound request; each attempt goes to a backend not yet
-// tried, and the answer returned is the one the proxy streams back.
+// RoundTrip is the attempt loop. forward (or, for upgrades, the
+// ReverseProxy) calls it once per request with the rewritten outbound
+// request; each attempt goes to a backend not yet tried, and the answer
+// returned is the one streamed back.
 func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 	lim := x.p.limits.Load()
 	body, err := x.p.prepareBody(out)
@@ -281,16 +282,18 @@ func (x *exchange) deliver(res *http.Response, cancel context.CancelFunc) *http.
 	if res.Body == nil {
 		res.Body = http.NoBody
 	}
-	// Tollgate's headers are on the ResponseWriter already and the proxy
-	// adds the backend's to them, so the backend's copies of ours go.
+	// Tollgate's headers are on the ResponseWriter already and the
+	// backend's join them, so the backend's copies of ours go.
 	for _, k := range stampedKeys {
 		delete(res.Header, k)
 	}
-	// Relaying a 1xx clears the writer's headers; then ours ride on the
-	// answer. Reading the writer's headers here is race-free: the
-	// transport runs the 1xx hook before it hands over the final answer.
-	if _, ok := x.w.Header()[hdrRequestID]; !ok {
-		x.stamp(res.Header)
+	// forward's 1xx relay stamps ours again after each 1xx. The
+	// ReverseProxy's (upgrades) leaves the writer's headers cleared; then
+	// ours ride on the answer.
+	if x.relay == nil {
+		if _, ok := x.w.Header()[hdrRequestID]; !ok {
+			x.stamp(res.Header)
+		}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// The proxy needs the raw body to take over the connection, and

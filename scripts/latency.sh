@@ -20,10 +20,14 @@
 # Loopback only; every process it starts is stopped by its process group
 # id.
 set -euo pipefail
+if (($# != 4)); then
+	echo "usage: $0 TOLLGATE_BINARY CONFIG API_KEY OUTDIR" >&2
+	exit 2
+fi
+bin=$(realpath "$1") config=$(realpath "$2") key=$3 out=$(realpath -m "$4")
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 
-bin=$1 config=$2 key=$3 out=$4
 RATE=${RATE:-2000} DURATION=${DURATION:-10} ROUNDS=${ROUNDS:-3}
 harness=${HARNESS_DIR:-../shared/bench}
 mkdir -p "$out"
@@ -34,14 +38,26 @@ if ! command -v vegeta >/dev/null; then
 fi
 
 tools=$(mktemp -d -t tollgate-latency.XXXXXX)
-pgids=()
-stop_all() {
-	for g in "${pgids[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
-	for g in "${pgids[@]}"; do
-		for _ in $(seq 1 50); do kill -0 -- "-$g" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL -- "-$g" 2>/dev/null || true
+pgids=() # process groups started and not yet confirmed gone
+
+# stop_group PGID: SIGTERM, up to 5 s to exit, then SIGKILL.
+stop_group() {
+	kill -TERM -- "-$1" 2>/dev/null || return 0
+	for _ in $(seq 1 50); do
+		kill -0 -- "-$1" 2>/dev/null || return 0
+		sleep 0.1
 	done
+	kill -KILL -- "-$1" 2>/dev/null || true
+}
+stop_all() {
+	local g
+	for g in "${pgids[@]}"; do stop_group "$g"; done
 	pgids=()
+}
+# stop_last: stops the group started last.
+stop_last() {
+	stop_group "${pgids[-1]}"
+	unset 'pgids[-1]'
 }
 trap 'stop_all; rm -rf "$tools"' EXIT
 
@@ -68,9 +84,8 @@ start 1 backend1 "$tools/backend" -addr 127.0.0.1:18081 -name b1
 start 1 backend2 "$tools/backend" -addr 127.0.0.1:18082 -name b2
 wait_ok http://127.0.0.1:18081/health
 wait_ok http://127.0.0.1:18082/health
-backends=("${pgids[@]}")
 
-# attack NAME URL: one warm-up and one measured run; appends a result row.
+# attack NAME URL ROUND: one warm-up and one measured run; appends a row.
 attack() {
 	local name=$1 url=$2 round=$3
 	local target="GET $url"
@@ -103,12 +118,12 @@ for round in $(seq 1 "$ROUNDS"); do
 	start 0 gopool "$tools/goproxy" -addr 127.0.0.1:18094 -bufpool
 	wait_ok http://127.0.0.1:18094/
 	attack gopool http://127.0.0.1:18094/ "$round"
-	kill -TERM -- "-${pgids[-1]}"; unset 'pgids[-1]'; sleep 0.5
+	stop_last
 
 	start 0 tollgate "$bin" -config "$config"
 	wait_ok http://127.0.0.1:18095/
 	attack tollgate http://127.0.0.1:18095/ "$round"
-	kill -TERM -- "-${pgids[-1]}"; unset 'pgids[-1]'; sleep 0.5
+	stop_last
 done
 
 column -t -s $'\t' "$out/latency.tsv"
