@@ -2,10 +2,12 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -114,4 +116,45 @@ func (stubTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		Body:       http.NoBody,
 		Request:    req,
 	}, nil
+}
+
+// BenchmarkPick measures choosing the next backend round-robin: a snapshot
+// load, as actors.Registry.Healthy does, and a skip over the tried ones.
+func BenchmarkPick(b *testing.B) {
+	for _, n := range []int{2, 16} {
+		urls := make([]string, n)
+		for i := range urls {
+			urls[i] = fmt.Sprintf("http://127.0.0.1:%d", 18081+i)
+		}
+		var snap atomic.Pointer[[]messages.Backend]
+		bs := backendList(b, urls...)
+		snap.Store(&bs)
+		p := New(Options{
+			Admitter: fakeAdmitter{admit: admitTestKey},
+			Backends: fakeBackends{
+				healthy:       func() []messages.Backend { return *snap.Load() },
+				reportFailure: func(context.Context, messages.Backend, error) {},
+			},
+		})
+		b.Run(fmt.Sprintf("backends=%d/serial", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := p.pick(nil); !ok {
+					b.Fatal("no backend")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("backends=%d/parallel", n), func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				tried := []int{0} // a retry: skips one
+				for pb.Next() {
+					if _, ok := p.pick(tried); !ok {
+						b.Error("no backend")
+						return
+					}
+				}
+			})
+		})
+	}
 }

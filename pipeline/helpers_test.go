@@ -149,7 +149,7 @@ func newHarness(t *testing.T, s setup) *harness {
 }
 
 // backendList numbers the URLs as a registry would.
-func backendList(t *testing.T, urls ...string) []messages.Backend {
+func backendList(t testing.TB, urls ...string) []messages.Backend {
 	t.Helper()
 	bs := make([]messages.Backend, len(urls))
 	for i, raw := range urls {
