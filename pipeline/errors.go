@@ -18,6 +18,9 @@ var (
 	errGatewayTimeout = errors.New("pipeline: gateway timeout")
 	// errRequestBody: the client's request body could not be read.
 	errRequestBody = errors.New("pipeline: read request body")
+	// errBodyTimeout: the client did not send its body within
+	// request_timeout.
+	errBodyTimeout = errors.New("pipeline: request body timed out")
 )
 
 // statusClientClosed is logged, nginx-style, for requests whose client went
@@ -51,6 +54,7 @@ var (
 	replyInvalidKey       = newReply(http.StatusUnauthorized, "invalid api key", `Bearer error="invalid_token"`)
 	replyRateLimited      = newReply(http.StatusTooManyRequests, "rate limit exceeded", "")
 	replyBadRequestBody   = newReply(http.StatusBadRequest, "invalid request body", "")
+	replyBodyTimeout      = newReply(http.StatusRequestTimeout, "request body timed out", "")
 	replyClientClosed     = newReply(statusClientClosed, "client closed request", "")
 	replyInternal         = newReply(http.StatusInternalServerError, "internal error", "")
 	replyBadGateway       = newReply(http.StatusBadGateway, "bad gateway", "")
@@ -65,6 +69,10 @@ var (
 // that the client canceled its request, whatever error that caused.
 func replyFor(err error, clientGone bool) *errorReply {
 	switch {
+	case errors.Is(err, errBodyTimeout):
+		// Before clientGone: the server cancels the request's context
+		// when a read fails, a timed-out one included.
+		return replyBodyTimeout
 	case errors.Is(err, messages.ErrUnknownKey):
 		return replyInvalidKey
 	case errors.Is(err, messages.ErrUnavailable):

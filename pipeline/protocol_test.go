@@ -2,7 +2,9 @@ package pipeline
 
 import (
 	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -102,3 +104,27 @@ func TestBrokenRequestBody(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// A client trickling its body must not hold its connection and a goroutine
+// past request_timeout before any attempt has begun: it gets a 408 and the
+// backend nothing.
+func TestSlowRequestBodyTimesOut(t *testing.T) {
+	b := newBackend(t, answering(http.StatusOK, "ok"))
+	h := newHarness(t, setup{backends: []string{b.URL}, opts: Options{RequestTimeout: 200 * time.Millisecond}})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: tollgate.test\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n0123456789", testKey)
+	require.NoError(t, err)
+	// The rest never comes. A bound on the wait keeps a regression from
+	// hanging the suite; it is not the figure under test.
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	assertJSONError(t, res, string(body), http.StatusRequestTimeout, "request body timed out")
+	assert.Zero(t, b.hits.Load())
+	assert.Empty(t, h.failures.hosts(), "the client's fault, not the backend's")
+}
