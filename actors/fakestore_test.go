@@ -133,13 +133,7 @@ func (m *memStore) UpdateLimits(_ context.Context, id string, l messages.Limits)
 	if !ok {
 		return c, messages.ErrNotFound
 	}
-	if l.RatePerSec != nil {
-		c.RatePerSec = *l.RatePerSec
-	}
-	if l.Capacity != nil {
-		c.Capacity = *l.Capacity
-		c.Tokens = min(c.Tokens, float64(c.Capacity))
-	}
+	l.ApplyTo(&c)
 	m.clients[id] = c
 	return c, nil
 }

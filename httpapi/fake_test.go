@@ -109,13 +109,7 @@ func (m *memClients) UpdateLimits(_ context.Context, id string, l messages.Limit
 	if !ok {
 		return messages.Client{}, fmt.Errorf("mem: update %q: %w", id, messages.ErrNotFound)
 	}
-	if l.RatePerSec != nil {
-		c.RatePerSec = *l.RatePerSec
-	}
-	if l.Capacity != nil {
-		c.Capacity = *l.Capacity
-		c.Tokens = min(c.Tokens, float64(c.Capacity))
-	}
+	l.ApplyTo(&c)
 	m.clients[id] = c
 	return c, nil
 }

@@ -99,6 +99,20 @@ type Limits struct {
 	Capacity   *int64
 }
 
+// ApplyTo changes c's limits as a store does: the tokens it holds shrink
+// to a lower capacity (a NaN count becomes full), a higher one leaves them.
+func (l Limits) ApplyTo(c *Client) {
+	if l.RatePerSec != nil {
+		c.RatePerSec = *l.RatePerSec
+	}
+	if l.Capacity != nil {
+		c.Capacity = *l.Capacity
+	}
+	if capacity := float64(c.Capacity); !(c.Tokens <= capacity) {
+		c.Tokens = capacity
+	}
+}
+
 // Decision is the answer to one admission request, carrying what the
 // response headers of SPEC 3 step 2 need.
 type Decision struct {

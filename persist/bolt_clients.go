@@ -158,13 +158,7 @@ func (b *Bolt) UpdateLimits(_ context.Context, id string, l messages.Limits) (me
 		if c, err = get(clients, []byte(id)); err != nil {
 			return err
 		}
-		if l.RatePerSec != nil {
-			c.RatePerSec = *l.RatePerSec
-		}
-		if l.Capacity != nil {
-			c.Capacity = *l.Capacity
-		}
-		c.Tokens = clampTokens(c.Tokens, c.Capacity)
+		l.ApplyTo(&c)
 		return clients.Put([]byte(id), encodeRecord(c))
 	})
 	if err != nil {
