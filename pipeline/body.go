@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // requestBody is how a request's body is sent on each attempt: replayed
@@ -28,7 +30,7 @@ func (p *Pipeline) prepareBody(out *http.Request) (requestBody, error) {
 	if out.Body == nil || out.Body == http.NoBody {
 		return requestBody{}, nil
 	}
-	if p.maxBody == 0 || out.ContentLength > p.maxBody {
+	if p.streams(out) {
 		cb := &clientBody{ReadCloser: out.Body}
 		return requestBody{stream: cb, client: cb}, nil
 	}
@@ -44,6 +46,39 @@ func (p *Pipeline) prepareBody(out *http.Request) (requestBody, error) {
 	r.release() // the prefix reader holds the buffer now
 	cb := &clientBody{ReadCloser: out.Body}
 	return requestBody{stream: &splicedBody{Reader: io.MultiReader(prefix, cb), closer: prefix}, client: cb}, nil
+}
+
+// streams reports whether out's body goes to the backend as it arrives,
+// unbuffered and not replayable: it may be larger than MaxRetryBodyBytes.
+func (p *Pipeline) streams(out *http.Request) bool {
+	return p.maxBody == 0 || out.ContentLength > p.maxBody
+}
+
+// bufferBody is prepareBody with the client's reads bounded by timeout: a
+// client trickling its body would otherwise hold a connection and a
+// goroutine for as long as it likes before any attempt, whose deadline
+// would bound it, has begun. A body streamed to the backend instead is read
+// during the attempt, under its deadline.
+func (x *exchange) bufferBody(out *http.Request, timeout time.Duration) (requestBody, error) {
+	if timeout <= 0 || out.Body == nil || out.Body == http.NoBody || x.p.streams(out) || x.w == nil {
+		return x.p.prepareBody(out)
+	}
+	rc := http.NewResponseController(x.w)
+	if rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
+		return x.p.prepareBody(out) // not a net/http server's writer: nothing to bound
+	}
+	body, err := x.p.prepareBody(out)
+	if err != nil {
+		// The deadline stays: before answering, the server reads what is
+		// left of a small body to keep the connection, and would wait for
+		// this client forever; past the deadline it gives up and closes.
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = fmt.Errorf("%w: %w", errBodyTimeout, err)
+		}
+		return body, err
+	}
+	_ = rc.SetReadDeadline(time.Time{}) // the server's own read timeouts again
+	return body, nil
 }
 
 // clientBody is the client's body as it streams to a backend. It keeps the

@@ -32,8 +32,7 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 		x.proxy.ServeHTTP(w, r)
 		return
 	}
-	out, relay, body := x.outbound(r)
-	x.relay = relay
+	out, body := x.outbound(r)
 	if body != nil {
 		// Reading the client's body after the handler returns is not
 		// allowed; the transport may try while it still writes a request
@@ -41,7 +40,7 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 		defer body.closed.Store(true)
 	}
 	res, err := x.RoundTrip(out)
-	relay.end()
+	x.relay.end()
 	if err != nil {
 		x.fail(w, err)
 		return
@@ -51,8 +50,9 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
 
 // outbound turns r into the template every attempt copies: hop-by-hop and
 // client-sent forwarding headers removed, Tollgate's added, the body
-// shielded from the transport's Close.
-func (x *exchange) outbound(r *http.Request) (*http.Request, *relay1xx, *guardedBody) {
+// shielded from the transport's Close, the 1xx relay in the attempts'
+// parent context.
+func (x *exchange) outbound(r *http.Request) (*http.Request, *guardedBody) {
 	// Room for the headers rewriteHeader adds, so the map does not grow.
 	h := make(http.Header, len(r.Header)+5)
 	for k, vv := range r.Header {
@@ -90,10 +90,10 @@ func (x *exchange) outbound(r *http.Request) (*http.Request, *relay1xx, *guarded
 		body = &guardedBody{rc: r.Body}
 		out.Body = body
 	}
-	relay := &relay1xx{x: x}
-	relay.trace.Got1xxResponse = relay.got1xx
-	x.base = httptrace.WithClientTrace(r.Context(), &relay.trace)
-	return out, relay, body
+	x.relay = &relay1xx{x: x}
+	x.relay.trace.Got1xxResponse = x.relay.got1xx
+	x.base = httptrace.WithClientTrace(r.Context(), &x.relay.trace)
+	return out, body
 }
 
 // respond streams res to the client, then its trailers.

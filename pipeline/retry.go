@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -129,33 +128,6 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 		}
 	}
 	return x.giveUp(&last)
-}
-
-// bufferBody is prepareBody with the client's reads bounded by timeout: a
-// client trickling its body would otherwise hold a connection and a
-// goroutine for as long as it likes before any attempt, whose deadline
-// would bound it, has begun. A body streamed to the backend instead is read
-// during the attempt, under its deadline.
-func (x *exchange) bufferBody(out *http.Request, timeout time.Duration) (requestBody, error) {
-	if timeout <= 0 || out.Body == nil || out.Body == http.NoBody || x.w == nil {
-		return x.p.prepareBody(out)
-	}
-	rc := http.NewResponseController(x.w)
-	if rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
-		return x.p.prepareBody(out) // not a net/http server's writer: nothing to bound
-	}
-	body, err := x.p.prepareBody(out)
-	if err != nil {
-		// The deadline stays: before answering, the server reads what is
-		// left of a small body to keep the connection, and would wait for
-		// this client forever; past the deadline it gives up and closes.
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = fmt.Errorf("%w: %w", errBodyTimeout, err)
-		}
-		return body, err
-	}
-	_ = rc.SetReadDeadline(time.Time{}) // the server's own read timeouts again
-	return body, nil
 }
 
 // lastFailure is what the attempt loop keeps of the failed attempts.
