@@ -1,0 +1,113 @@
+package pipeline
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// request_timeout bounds the wait for an answer's headers and then each
+// gap between two reads of its body (SPEC 3.5), never the whole body: an
+// event stream that keeps sending lives as long as it sends.
+func TestEventStreamOutlivesRequestTimeout(t *testing.T) {
+	const (
+		timeout = 300 * time.Millisecond
+		every   = timeout / 3
+		events  = 9 // 3 × request_timeout
+	)
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		rc := http.NewResponseController(w)
+		for i := range events {
+			if _, err := fmt.Fprintf(w, "data: %d\n\n", i); err != nil {
+				return
+			}
+			_ = rc.Flush()
+			select {
+			case <-time.After(every):
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	h := newHarness(t, setup{backends: []string{b.URL}, opts: Options{RequestTimeout: timeout}})
+	res, body := h.do(t, request{})
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, events, strings.Count(body, "data: "), "every event arrives")
+}
+
+// A backend that stops sending halfway is still cut off after
+// request_timeout of silence.
+func TestSilentBodyIsCutAfterRequestTimeout(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "part") // chunked: the proxy relays it at once
+		_ = http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+	})
+	h := newHarness(t, setup{backends: []string{b.URL}, opts: Options{RequestTimeout: 200 * time.Millisecond}})
+	res := h.send(t, request{})
+	defer res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	got, err := io.ReadAll(res.Body)
+	assert.Error(t, err, "the answer is cut, not completed")
+	assert.Equal(t, "part", string(got))
+}
+
+// A client that stops sending a body too large to buffer gets a 408 and a
+// closed connection, and nothing it started stays behind (SPEC 3.5).
+func TestStalledStreamedUploadGets408(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	b := newBackend(t, hashing(http.StatusOK))
+	h := newHarness(t, setup{backends: []string{b.URL},
+		opts: Options{RequestTimeout: timeout, MaxRetryBodyBytes: 1 << 20}})
+	baseline := runtime.NumGoroutine()
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	began := time.Now()
+	_, err = fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: tollgate.test\r\nAuthorization: Bearer %s\r\n"+
+		"Content-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n%s",
+		testKey, strings.Repeat("u", 5000))
+	require.NoError(t, err)
+	// The rest never comes. The deadline keeps a regression from hanging
+	// the suite.
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+	br := bufio.NewReader(conn)
+	res, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	body, err := io.ReadAll(res.Body)
+	require.NoError(t, err)
+	assertJSONError(t, res, string(body), http.StatusRequestTimeout, "request body timed out")
+	// Loose: a few request_timeouts, not the 30 s of a hung request.
+	assert.Less(t, time.Since(began), 20*timeout)
+	_, err = br.ReadByte()
+	assert.ErrorIs(t, err, io.EOF, "the connection is closed")
+	assert.Empty(t, h.failures.hosts(), "the client's fault, not the backend's")
+
+	conn.Close()
+	waitGoroutines(t, baseline)
+}
+
+// waitGoroutines waits until no more goroutines run than baseline.
+func waitGoroutines(t *testing.T, baseline int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > baseline {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before:\n%s", runtime.NumGoroutine(), baseline, buf[:runtime.Stack(buf, true)])
+		}
+		runtime.Gosched()
+		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline, not waiting for an event
+	}
+}
