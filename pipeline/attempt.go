@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptrace"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +41,7 @@ type attempt struct {
 	answered bool // the answer's headers arrived
 
 	body io.ReadCloser // the answer's body, read through the attempt
+	url  url.URL       // the attempt request's URL
 }
 
 func newAttempt(parent context.Context, timeout time.Duration) *attempt {

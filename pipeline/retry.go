@@ -245,12 +245,13 @@ func (x *exchange) classify(client context.Context, at *attempt) failure {
 // out itself is left alone: every attempt starts from it.
 func attemptRequest(at *attempt, out *http.Request, b messages.Backend, body *requestBody) *http.Request {
 	req := out.WithContext(at.ctx)
-	u := *out.URL
+	u := &at.url // in the attempt's allocation, not one of its own
+	*u = *out.URL
 	u.Scheme, u.Host = b.URL.Scheme, b.URL.Host
 	if b.URL.Path != "" || b.URL.RawQuery != "" {
-		joinURL(&u, b.URL)
+		joinURL(u, b.URL)
 	}
-	req.URL = &u
+	req.URL = u
 	req.Host = b.URL.Host
 	body.attach(req, at)
 	return req
