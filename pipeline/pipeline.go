@@ -50,8 +50,10 @@ type Options struct {
 	// MaxRetries is how many more attempts a failed request may make;
 	// negative counts as 0. SetLimits changes it live.
 	MaxRetries int
-	// RequestTimeout bounds each attempt, from sending the request to the
-	// end of the response body; 0 means no bound. SetLimits changes it live.
+	// RequestTimeout bounds each attempt's silences: the wait for the
+	// answer's headers, then each gap between reads of its body; and each
+	// read of the client's body (408 past it). 0 means no bound. SetLimits
+	// changes it live.
 	RequestTimeout time.Duration
 	// MaxRetryBodyBytes is the largest request body buffered so it can be
 	// sent again on retry. Larger bodies are streamed in one attempt; 0
