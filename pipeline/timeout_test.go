@@ -2,12 +2,14 @@ package pipeline
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -110,4 +112,65 @@ func waitGoroutines(t *testing.T, baseline int) {
 		runtime.Gosched()
 		time.Sleep(10 * time.Millisecond) // polling a condition with a deadline, not waiting for an event
 	}
+}
+
+// The attempt clock is touched by the attempt loop, the transport's writer
+// and timer goroutines; under concurrent streams, uploads, timeouts and
+// clients leaving, it must not race, leak or mix requests up.
+func TestAttemptClockUnderLoad(t *testing.T) {
+	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/stream":
+			for i := range 5 {
+				_, _ = fmt.Fprintf(w, "data: %d\n\n", i)
+				_ = http.NewResponseController(w).Flush()
+				select {
+				case <-time.After(20 * time.Millisecond):
+				case <-r.Context().Done():
+					return
+				}
+			}
+		case "/slow":
+			select {
+			case <-time.After(300 * time.Millisecond):
+			case <-r.Context().Done():
+			}
+		default:
+			hashing(http.StatusOK)(w, r)
+		}
+	})
+	h := newHarness(t, setup{backends: []string{b.URL},
+		opts: Options{RequestTimeout: 100 * time.Millisecond, MaxRetryBodyBytes: 4096}})
+	baseline := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 15 {
+				switch (g + i) % 4 {
+				case 0:
+					res, body := h.do(t, request{path: "/stream"})
+					assert.Equal(t, http.StatusOK, res.StatusCode)
+					assert.Equal(t, 5, strings.Count(body, "data: "))
+				case 1:
+					res, _ := h.do(t, request{path: "/slow"})
+					assert.Equal(t, http.StatusGatewayTimeout, res.StatusCode)
+				case 2:
+					payload := strings.Repeat(string(rune('a'+g)), 3000*(i%3+1)) // buffered and streamed
+					res, body := h.do(t, request{method: http.MethodPost, path: "/up", body: strings.NewReader(payload)})
+					assert.Equal(t, http.StatusOK, res.StatusCode)
+					assert.Equal(t, sha256Hex([]byte(payload)), body)
+				default:
+					ctx, cancel := context.WithCancel(t.Context())
+					res := h.send(t, request{path: "/stream", ctx: ctx})
+					_, _ = bufio.NewReader(res.Body).ReadString('\n')
+					cancel()
+					res.Body.Close()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	h.client.CloseIdleConnections()
+	h.p.CloseIdleConnections()
+	waitGoroutines(t, baseline)
 }
