@@ -165,7 +165,9 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		x.reply(w, replyConnect)
 		return
 	}
-	upgrade := containsToken(r.Header["Connection"], "upgrade")
+	// "Connection: upgrade" without an Upgrade header asks for nothing:
+	// both are hop-by-hop and dropped, and the request is an ordinary one.
+	upgrade := len(r.Header["Upgrade"]) > 0 && containsToken(r.Header["Connection"], "upgrade")
 	if upgrade && !isWebSocket(r.Header["Upgrade"]) {
 		x.reply(w, replyBadUpgrade)
 		return
