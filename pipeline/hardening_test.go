@@ -162,6 +162,19 @@ func TestPostAfterDialTimeoutIsRetried(t *testing.T) {
 	assert.Equal(t, []string{black}, h.failures.hosts(), "passive mark")
 }
 
+// A failed TLS handshake sent nothing either (the error is no dial
+// error, which is how the old rule told).
+func TestPostAfterTLSHandshakeFailureIsRetried(t *testing.T) {
+	plain := newBackend(t, answering(http.StatusOK, "plain")) // speaks no TLS
+	ok := newBackend(t, hashing(http.StatusOK))
+	tlsURL := strings.Replace(plain.URL, "http://", "https://", 1)
+	h := newHarness(t, setup{backends: []string{tlsURL, ok.URL}, opts: Options{MaxRetries: 1}})
+	res, body := h.do(t, request{method: http.MethodPost, body: strings.NewReader("payload")})
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, sha256Hex([]byte("payload")), body)
+	assert.Equal(t, []string{strings.TrimPrefix(tlsURL, "https://")}, h.failures.hosts(), "passive mark")
+}
+
 // "Sent" is what reached the connection.
 func TestWireWrote(t *testing.T) {
 	c1, c2 := net.Pipe()
