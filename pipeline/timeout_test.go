@@ -64,40 +64,83 @@ func TestSilentBodyIsCutAfterRequestTimeout(t *testing.T) {
 	assert.Equal(t, "part", string(got))
 }
 
-// A client that stops sending a body too large to buffer gets a 408 and a
-// closed connection, and nothing it started stays behind (SPEC 3.5).
-func TestStalledStreamedUploadGets408(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	b := newBackend(t, hashing(http.StatusOK))
-	h := newHarness(t, setup{backends: []string{b.URL},
-		opts: Options{RequestTimeout: timeout, MaxRetryBodyBytes: 1 << 20}})
-	baseline := runtime.NumGoroutine()
+// A client that stops sending its body gets a 408 and a closed
+// connection, and nothing it started stays behind (SPEC 3.5): whether the
+// body is streamed (too large to buffer) or buffered for retries.
+func TestStalledUploadGets408(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		length int
+	}{{"streamed", 4 << 20}, {"buffered", 100_000}} {
+		t.Run(tt.name, func(t *testing.T) {
+			const timeout = 300 * time.Millisecond
+			b := newBackend(t, hashing(http.StatusOK))
+			h := newHarness(t, setup{backends: []string{b.URL},
+				opts: Options{RequestTimeout: timeout, MaxRetryBodyBytes: 1 << 20}})
+			baseline := runtime.NumGoroutine()
 
-	conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
-	require.NoError(t, err)
-	defer conn.Close()
-	began := time.Now()
-	_, err = fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: tollgate.test\r\nAuthorization: Bearer %s\r\n"+
-		"Content-Type: application/octet-stream\r\nContent-Length: 4194304\r\n\r\n%s",
-		testKey, strings.Repeat("u", 5000))
-	require.NoError(t, err)
-	// The rest never comes. The deadline keeps a regression from hanging
-	// the suite.
-	require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
-	br := bufio.NewReader(conn)
-	res, err := http.ReadResponse(br, nil)
-	require.NoError(t, err)
-	body, err := io.ReadAll(res.Body)
-	require.NoError(t, err)
-	assertJSONError(t, res, string(body), http.StatusRequestTimeout, "request body timed out")
-	// Loose: a few request_timeouts, not the 30 s of a hung request.
-	assert.Less(t, time.Since(began), 20*timeout)
-	_, err = br.ReadByte()
-	assert.ErrorIs(t, err, io.EOF, "the connection is closed")
-	assert.Empty(t, h.failures.hosts(), "the client's fault, not the backend's")
+			conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+			require.NoError(t, err)
+			defer conn.Close()
+			began := time.Now()
+			_, err = fmt.Fprintf(conn, "POST /upload HTTP/1.1\r\nHost: tollgate.test\r\nAuthorization: Bearer %s\r\n"+
+				"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n%s",
+				testKey, tt.length, strings.Repeat("u", 5000))
+			require.NoError(t, err)
+			// The rest never comes. The deadline keeps a regression from
+			// hanging the suite.
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+			br := bufio.NewReader(conn)
+			res, err := http.ReadResponse(br, nil)
+			require.NoError(t, err)
+			body, err := io.ReadAll(res.Body)
+			require.NoError(t, err)
+			assertJSONError(t, res, string(body), http.StatusRequestTimeout, "request body timed out")
+			// Loose: a few request_timeouts, not the 30 s of a hung request.
+			assert.Less(t, time.Since(began), 20*timeout)
+			_, err = br.ReadByte()
+			assert.ErrorIs(t, err, io.EOF, "the connection is closed")
+			assert.Empty(t, h.failures.hosts(), "the client's fault, not the backend's")
 
-	conn.Close()
-	waitGoroutines(t, baseline)
+			conn.Close()
+			waitGoroutines(t, baseline)
+		})
+	}
+}
+
+// Reading the client's body is bounded per gap, not in total: an upload
+// that keeps sending lives past request_timeout (SPEC 3.5).
+func TestSteadyUploadOutlivesRequestTimeout(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		maxBody int64
+	}{{"streamed", 100}, {"buffered", 1 << 20}} {
+		t.Run(tt.name, func(t *testing.T) {
+			const timeout = 200 * time.Millisecond
+			b := newBackend(t, hashing(http.StatusOK))
+			h := newHarness(t, setup{backends: []string{b.URL},
+				opts: Options{RequestTimeout: timeout, MaxRetryBodyBytes: tt.maxBody}})
+			conn, err := net.Dial("tcp", strings.TrimPrefix(h.url, "http://"))
+			require.NoError(t, err)
+			defer conn.Close()
+			const chunks, size = 8, 100
+			_, err = fmt.Fprintf(conn, "PUT /upload HTTP/1.1\r\nHost: t\r\nAuthorization: %s\r\nContent-Length: %d\r\n\r\n",
+				testKey, chunks*size)
+			require.NoError(t, err)
+			for range chunks { // 3 × request_timeout in all
+				_, err = io.WriteString(conn, strings.Repeat("s", size))
+				require.NoError(t, err)
+				time.Sleep(timeout * 3 / chunks) // the client's pace, not a wait for an event
+			}
+			require.NoError(t, conn.SetReadDeadline(time.Now().Add(30*time.Second)))
+			res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			require.NoError(t, err)
+			body, err := io.ReadAll(res.Body)
+			require.NoError(t, err)
+			assert.Equal(t, http.StatusOK, res.StatusCode, string(body))
+			assert.Equal(t, sha256Hex([]byte(strings.Repeat("s", chunks*size))), string(body))
+		})
+	}
 }
 
 // waitGoroutines waits until no more goroutines run than baseline.
