@@ -62,7 +62,7 @@ func TestHostileStalledUpload(t *testing.T) {
 // times as long as request_timeout, with events more often than it, gets
 // through whole.
 func TestHostileEventStreamOutlivesRequestTimeout(t *testing.T) {
-	const events = 9
+	const events = 12 // one every quarter request_timeout, 3 × request_timeout in all
 	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/health" {
 			return
@@ -72,7 +72,7 @@ func TestHostileEventStreamOutlivesRequestTimeout(t *testing.T) {
 			_, _ = fmt.Fprintf(w, "data: %d\n\n", i)
 			_ = http.NewResponseController(w).Flush()
 			select {
-			case <-time.After(200 * time.Millisecond):
+			case <-time.After(250 * time.Millisecond):
 			case <-r.Context().Done():
 				return
 			}
@@ -80,7 +80,7 @@ func TestHostileEventStreamOutlivesRequestTimeout(t *testing.T) {
 	}))
 	t.Cleanup(b.Close)
 	cfg := baseConfig(t, b.URL)
-	setLB(cfg, map[string]any{"request_timeout": 0.6})
+	setLB(cfg, map[string]any{"request_timeout": 1})
 	in := start(t, cfg)
 	key := createKey(t, in.addr, "", "listener")
 	answers, _ := rawExchange(t, in.addr, crlf("GET /events HTTP/1.1\nHost: a\nAuthorization: Bearer "+key+"\n\n"), 1, 0)
