@@ -419,3 +419,12 @@ func TestRetryBufferBudget(t *testing.T) {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// Idle backend connections must close before common backends close them
+// (Node.js and Apache: 5 s), or reusing one races with its close.
+func TestIdleConnTimeoutBelowCommonBackendKeepAlive(t *testing.T) {
+	tr := newTransport()
+	defer tr.CloseIdleConnections()
+	assert.Less(t, tr.IdleConnTimeout, 5*time.Second)
+	assert.Positive(t, tr.IdleConnTimeout)
+}
