@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,6 +174,35 @@ func TestPostAfterTLSHandshakeFailureIsRetried(t *testing.T) {
 	assert.Equal(t, http.StatusOK, res.StatusCode)
 	assert.Equal(t, sha256Hex([]byte("payload")), body)
 	assert.Equal(t, []string{strings.TrimPrefix(tlsURL, "https://")}, h.failures.hosts(), "passive mark")
+}
+
+// resetConn is a connection the peer resets before it takes any byte.
+type resetConn struct{ net.Conn }
+
+func (c resetConn) Write([]byte) (int, error) {
+	return 0, &net.OpError{Op: "write", Net: "tcp", Err: syscall.ECONNRESET}
+}
+
+// A connection that took no byte of the request sent nothing, whatever
+// its error says: a POST goes on to the next backend.
+func TestPostOnAConnectionThatTookNoByteIsRetried(t *testing.T) {
+	a := newBackend(t, answering(http.StatusOK, "a"))
+	ok := newBackend(t, hashing(http.StatusOK))
+	aAddr := strings.TrimPrefix(a.URL, "http://")
+	h := newHarness(t, setup{backends: []string{a.URL, ok.URL}, opts: Options{MaxRetries: 1}})
+	var d net.Dialer
+	h.p.transport.(*http.Transport).DialContext = countingDial(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err == nil && addr == aAddr {
+			return resetConn{c}, nil
+		}
+		return c, err
+	})
+	res, body := h.do(t, request{method: http.MethodPost, body: strings.NewReader("payload")})
+	assert.Equal(t, http.StatusOK, res.StatusCode)
+	assert.Equal(t, sha256Hex([]byte("payload")), body)
+	assert.Zero(t, a.hits.Load())
+	assert.Equal(t, []string{aAddr}, h.failures.hosts(), "passive mark")
 }
 
 // "Sent" is what reached the connection.
