@@ -36,6 +36,11 @@ type LoadBalancer struct {
 	MaxRetries             int
 	RequestTimeout         time.Duration
 	MaxRetryBodyBytes      int64
+	// MaxRetryBufferBytes caps the request body bytes held in memory for
+	// retries across all requests in flight
+	// (load_balancer.max_retry_buffer_bytes); past it, bodies stream
+	// without retry.
+	MaxRetryBufferBytes int64
 }
 
 // RateLimiter configures buckets, caching and persistence.

@@ -206,6 +206,7 @@ func decodeLoadBalancer(o *object, lb *LoadBalancer) {
 	integer(o, "max_retries", &lb.MaxRetries)
 	o.seconds("request_timeout", &lb.RequestTimeout)
 	integer(o, "max_retry_body_bytes", &lb.MaxRetryBodyBytes)
+	integer(o, "max_retry_buffer_bytes", &lb.MaxRetryBufferBytes)
 	if o.has("health_check_timeout") {
 		o.seconds("health_check_timeout", &lb.HealthCheckTimeout)
 	} else {

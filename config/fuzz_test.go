@@ -56,6 +56,7 @@ func FuzzParse(f *testing.F) {
 		require.GreaterOrEqual(t, lb.HealthyThreshold, 1)
 		require.GreaterOrEqual(t, lb.UnhealthyThreshold, 1)
 		require.GreaterOrEqual(t, lb.MaxRetryBodyBytes, int64(0))
+		require.GreaterOrEqual(t, lb.MaxRetryBufferBytes, int64(0))
 		require.True(t, strings.HasPrefix(lb.HealthCheckPath, "/"))
 
 		rl := c.RateLimiter

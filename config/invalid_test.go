@@ -83,6 +83,7 @@ var badValues = []struct {
 	{"load_balancer.max_retries", "x", `load_balancer.max_retries: "x" is not an integer`},
 	{"load_balancer.request_timeout", 0, `load_balancer.request_timeout: 0 must be > 0`},
 	{"load_balancer.max_retry_body_bytes", -1, `load_balancer.max_retry_body_bytes: -1 must be >= 0`},
+	{"load_balancer.max_retry_buffer_bytes", -1, `load_balancer.max_retry_buffer_bytes: -1 must be >= 0`},
 	{"rate_limiter", "x", `rate_limiter: "x" is not an object`},
 	{"rate_limiter.add_tokens_interval", 0, `rate_limiter.add_tokens_interval: 0 must be > 0`},
 	{"rate_limiter.save_state_interval", -1, `rate_limiter.save_state_interval: -1 must be > 0`},

@@ -23,6 +23,7 @@ const (
 	defaultMaxRetries          = 2
 	defaultRequestTimeout      = 2 * time.Second
 	defaultMaxRetryBodyBytes   = 1 << 20
+	defaultMaxRetryBufferBytes = 64 << 20
 	defaultAddTokensInterval   = 5 * time.Second
 	defaultSaveStateInterval   = 10 * time.Second
 	defaultRemoveStaleInterval = 300 * time.Second
@@ -52,6 +53,7 @@ func defaults() *Config {
 			MaxRetries:             defaultMaxRetries,
 			RequestTimeout:         defaultRequestTimeout,
 			MaxRetryBodyBytes:      defaultMaxRetryBodyBytes,
+			MaxRetryBufferBytes:    defaultMaxRetryBufferBytes,
 		},
 		RateLimiter: RateLimiter{
 			AddTokensInterval:   defaultAddTokensInterval,

@@ -55,6 +55,7 @@ func seedConfig() *config.Config {
 			MaxRetries:             2,
 			RequestTimeout:         2 * time.Second,
 			MaxRetryBodyBytes:      1 << 20,
+			MaxRetryBufferBytes:    64 << 20,
 		},
 		RateLimiter: config.RateLimiter{
 			AddTokensInterval:   5 * time.Second,
@@ -146,6 +147,7 @@ func TestLoadEveryField(t *testing.T) {
 			MaxRetries:             0,
 			RequestTimeout:         1500 * time.Millisecond,
 			MaxRetryBodyBytes:      0,
+			MaxRetryBufferBytes:    4096,
 		},
 		RateLimiter: config.RateLimiter{
 			AddTokensInterval:   100 * time.Millisecond,

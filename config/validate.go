@@ -80,6 +80,7 @@ func (lb *LoadBalancer) check(p *problems) {
 	between(p, "load_balancer.max_retries", lb.MaxRetries, 0, maxMaxRetries)
 	positive(p, "load_balancer.request_timeout", lb.RequestTimeout)
 	atLeast(p, "load_balancer.max_retry_body_bytes", lb.MaxRetryBodyBytes, 0)
+	atLeast(p, "load_balancer.max_retry_buffer_bytes", lb.MaxRetryBufferBytes, 0)
 }
 
 func (rl *RateLimiter) check(p *problems) {

@@ -5,10 +5,10 @@
 // Backends (the registry actor), so it stops when its http.Server does.
 // Only this package imports httprouter.
 //
-// Choices where SPEC 4 is silent: a request without Content-Type is read
-// as JSON (only a present, non-JSON type is 415); /healthz and /readyz are
-// open to every peer, with or without an admin key, because they are
-// probes; paths are matched exactly, without trailing-slash or case
+// Choices where SPEC 4 is silent: /healthz and /readyz are open to every
+// peer, host and origin, with or without an admin key, because they are
+// probes and reveal nothing; the profiles under /debug/pprof/ keep their
+// own content types; paths are matched exactly, without trailing-slash or case
 // redirects; tokens are shown rounded to 3 decimals; times are RFC 3339
 // in UTC with nanoseconds.
 package httpapi
@@ -19,8 +19,10 @@ import (
 	"crypto/subtle"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -117,7 +119,7 @@ func NewAdmin(opts Options) http.Handler {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	var h http.Handler = a.router()
+	var h http.Handler = requireJSONBody(a, a.router())
 	if opts.AdminKey != "" {
 		h = a.requireKey(opts.AdminKey, h)
 	} else {
@@ -214,17 +216,95 @@ func bearerToken(header string) (string, bool) {
 	return token, token != ""
 }
 
-// requireLoopback answers only peers on a loopback address when no admin
-// key is set. Probes stay open. Behind a local reverse proxy every peer is
-// loopback, so such setups should set an admin key.
+// requireLoopback answers only loopback peers when no admin key is set.
+// Probes stay open. Behind a local reverse proxy every peer is loopback,
+// so such setups should set an admin key.
+//
+// A browser on the operator's machine is a loopback peer too, so, as
+// Caddy's admin endpoint does, the request must also name a loopback Host
+// (a page whose domain was rebound to 127.0.0.1 sends its own name) and
+// carry no Origin but a loopback one (a cross-site request carries the
+// page's). Together with requireJSONBody, which forces a CORS preflight on
+// any write a page could send, no web page can read or change clients.
 func (a *admin) requireLoopback(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isProbe(r.URL.Path) || isLoopback(r.RemoteAddr) {
+		if isProbe(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
-		a.writeError(w, r, &requestError{kind: errForbidden,
-			msg: "the admin API answers only loopback peers when no admin key is set"})
+		var msg string
+		switch {
+		case !isLoopback(r.RemoteAddr):
+			msg = "the admin API answers only loopback peers when no admin key is set"
+		case !isLoopbackHost(r.Host):
+			msg = fmt.Sprintf("Host %.100q is not a loopback name or address: the admin API without an admin key answers only localhost, 127.0.0.0/8 and [::1]", r.Host)
+		case !loopbackOrigin(r.Header["Origin"]):
+			msg = fmt.Sprintf("Origin %.100q is not a loopback origin: cross-site requests to the admin API are refused", r.Header.Get("Origin"))
+		default:
+			next.ServeHTTP(w, r)
+			return
+		}
+		a.writeError(w, r, &requestError{kind: errForbidden, msg: msg})
+	})
+}
+
+// isLoopbackHost reports whether a Host header names this machine by a
+// loopback name or address: localhost, 127.0.0.0/8 or [::1], any port.
+func isLoopbackHost(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	} else if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	addr, err := netip.ParseAddr(host)
+	return err == nil && addr.Zone() == "" && addr.Unmap().IsLoopback()
+}
+
+// loopbackOrigin reports whether the Origin values, if any, are one
+// http(s) origin on a loopback host. "null" (sandboxed pages, file: URLs)
+// is not.
+func loopbackOrigin(values []string) bool {
+	switch len(values) {
+	case 0:
+		return true
+	case 1:
+	default:
+		return false
+	}
+	u, err := url.Parse(values[0])
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.Path != "" || u.RawQuery != "" || u.User != nil {
+		return false
+	}
+	return isLoopbackHost(u.Host)
+}
+
+// requireJSONBody refuses (415) a request with a body that is not declared
+// as JSON, in every mode (SPEC 4). A page can send a body without CORS
+// preflight only as a form, text/plain or a Blob without type, so this
+// keeps every body-carrying write behind a preflight the API never grants.
+// Requests without a body (GET, DELETE, rotate-key) need no Content-Type;
+// the profiles under PprofPrefix take their own.
+func requireJSONBody(a *admin, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength == 0 || strings.HasPrefix(r.URL.Path, PprofPrefix) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ct := r.Header.Get("Content-Type")
+		if ct == "" {
+			a.writeError(w, r, &requestError{kind: errUnsupportedMedia,
+				msg: "a request body needs Content-Type: application/json"})
+			return
+		}
+		if err := checkContentType(ct); err != nil {
+			a.writeError(w, r, err)
+			return
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -32,8 +32,8 @@ var knownFields = map[string]bool{
 }
 
 // readBody checks the Content-Type and reads at most maxBodyBytes of the
-// body. A missing Content-Type is accepted (curl -d sends a form type, but
-// hand-written clients often send none); any other type than JSON is 415.
+// body. requireJSONBody has refused a body without Content-Type already;
+// an empty body may come without one, and then fails to decode (400).
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if err := checkContentType(r.Header.Get("Content-Type")); err != nil {
 		return nil, err

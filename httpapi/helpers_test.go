@@ -64,6 +64,7 @@ func newRequest(method, path, body string) *http.Request {
 	}
 	r := httptest.NewRequest(method, path, rd)
 	r.RemoteAddr = "127.0.0.1:40000"
+	r.Host = "localhost:8080"
 	if body != "" {
 		r.Header.Set("Content-Type", "application/json")
 	}

@@ -138,8 +138,10 @@ func BenchmarkPick(b *testing.B) {
 		})
 		b.Run(fmt.Sprintf("backends=%d/serial", n), func(b *testing.B) {
 			b.ReportAllocs()
+			var tried [4]int
 			for b.Loop() {
-				if _, ok := p.pick(nil); !ok {
+				r := route{tried: tried[:0]}
+				if _, ok := p.pick(&r); !ok {
 					b.Fatal("no backend")
 				}
 			}
@@ -147,9 +149,10 @@ func BenchmarkPick(b *testing.B) {
 		b.Run(fmt.Sprintf("backends=%d/parallel", n), func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
-				tried := []int{0} // a retry: skips one
+				var tried [4]int
 				for pb.Next() {
-					if _, ok := p.pick(tried); !ok {
+					r := route{tried: append(tried[:0], 0)} // a retry: skips one
+					if _, ok := p.pick(&r); !ok {
 						b.Error("no backend")
 						return
 					}

@@ -2,13 +2,11 @@ package pipeline
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,35 +15,65 @@ import (
 // requestBody is how a request's body is sent on each attempt: replayed
 // from memory, or streamed once.
 type requestBody struct {
-	replay *replay       // buffered: every attempt reads it afresh
-	stream io.ReadCloser // over MaxRetryBodyBytes: one attempt only
-	client *clientBody   // the client's part of stream, nil when replayed
+	replay  *replay       // buffered: every attempt reads it afresh
+	stream  io.ReadCloser // over MaxRetryBodyBytes: one attempt only
+	client  *clientBody   // the client's body, nil when there is none
+	trailer http.Header   // a replayed body's filtered trailers, nil if none
 }
 
-// prepareBody reads a body of at most p.maxBody bytes into memory so that
-// retries can send it again. A body declared larger is streamed untouched;
-// one found larger while reading is streamed as the part read so far
-// followed by the rest.
-func (p *Pipeline) prepareBody(out *http.Request) (requestBody, error) {
+// prepareBody reads a body of at most MaxRetryBodyBytes into memory so
+// that retries can send it again. A body declared larger is streamed
+// untouched; one found larger while reading, or one the retry buffer
+// budget cannot take, is streamed as the part read so far followed by the
+// rest. Every read of the client's body waits at most timeout.
+func (x *exchange) prepareBody(out *http.Request, timeout time.Duration) (requestBody, error) {
 	if out.Body == nil || out.Body == http.NoBody {
 		return requestBody{}, nil
 	}
+	p := x.p
+	cb := newClientBody(out.Body, x.w, timeout)
 	if p.streams(out) {
-		cb := &clientBody{ReadCloser: out.Body}
-		return requestBody{stream: cb, client: cb}, nil
+		return x.streamed(out, cb, cb), nil
 	}
-	r := newReplay()
-	if err := r.fill(out.Body, out.ContentLength, p.maxBody); err != nil {
+	r := newReplay(&p.retryBuffer)
+	complete, err := r.fill(cb, out.ContentLength, p.maxBody)
+	if err != nil {
 		r.release()
+		if isTimeout(err) {
+			return requestBody{}, fmt.Errorf("%w: %w", errBodyTimeout, err)
+		}
 		return requestBody{}, fmt.Errorf("%w: %w", errRequestBody, err)
 	}
-	if int64(len(r.buf)) <= p.maxBody {
-		return requestBody{replay: r}, nil
+	if complete {
+		// Read whole, so out.Trailer holds what the client sent.
+		return requestBody{replay: r, client: cb, trailer: filteredTrailer(out.Trailer)}, nil
 	}
 	prefix := r.open()
 	r.release() // the prefix reader holds the buffer now
-	cb := &clientBody{ReadCloser: out.Body}
-	return requestBody{stream: &splicedBody{Reader: io.MultiReader(prefix, cb), closer: prefix}, client: cb}, nil
+	return x.streamed(out, &splicedBody{Reader: io.MultiReader(prefix, cb), closer: prefix}, cb), nil
+}
+
+// streamed sends body once, as it arrives. Trailers the client declared
+// pass filtered, copied in when the body ends; Expect: 100-continue goes
+// on when no byte was read yet, so the backend's answer decides whether
+// the client sends its body (SPEC 3.4).
+func (x *exchange) streamed(out *http.Request, body io.ReadCloser, cb *clientBody) requestBody {
+	if out.Trailer != nil {
+		// Declared keys that pass are announced; values come at the end.
+		cb.trailerIn, cb.trailerOut = out.Trailer, make(http.Header, len(out.Trailer))
+		for k := range out.Trailer {
+			if trailerPasses(k) {
+				cb.trailerOut[k] = nil
+			}
+		}
+		out.Trailer = cb.trailerOut
+	}
+	if cb.read == 0 {
+		if v := x.in.Header["Expect"]; len(v) > 0 {
+			out.Header["Expect"] = v
+		}
+	}
+	return requestBody{stream: body, client: cb}
 }
 
 // streams reports whether out's body goes to the backend as it arrives,
@@ -54,53 +82,80 @@ func (p *Pipeline) streams(out *http.Request) bool {
 	return p.maxBody == 0 || out.ContentLength > p.maxBody
 }
 
-// bufferBody is prepareBody with the client's reads bounded by timeout: a
-// client trickling its body would otherwise hold a connection and a
-// goroutine for as long as it likes before any attempt, whose deadline
-// would bound it, has begun. A body streamed to the backend instead is read
-// during the attempt, under its deadline.
-func (x *exchange) bufferBody(out *http.Request, timeout time.Duration) (requestBody, error) {
-	if timeout <= 0 || out.Body == nil || out.Body == http.NoBody || x.p.streams(out) || x.w == nil {
-		return x.p.prepareBody(out)
-	}
-	rc := http.NewResponseController(x.w)
-	if rc.SetReadDeadline(time.Now().Add(timeout)) != nil {
-		return x.p.prepareBody(out) // not a net/http server's writer: nothing to bound
-	}
-	body, err := x.p.prepareBody(out)
-	if err != nil {
-		// The deadline stays: before answering, the server reads what is
-		// left of a small body to keep the connection, and would wait for
-		// this client forever; past the deadline it gives up and closes.
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			err = fmt.Errorf("%w: %w", errBodyTimeout, err)
-		}
-		return body, err
-	}
-	_ = rc.SetReadDeadline(time.Time{}) // the server's own read timeouts again
-	return body, nil
+// clientBody is the client's request body. Each read waits at most
+// request_timeout (SPEC 3.5), by the connection's read deadline: a client
+// that stops sending would otherwise hold its connection, a goroutine and
+// the transport's write loop for as long as it likes. It keeps the first
+// read error, the client's fault (a malformed chunk, a body shorter than
+// its Content-Length, a hang-up, a stall), so that the failed attempt does
+// not blame the backend: marking it down would let any client with a key
+// take every backend out with a few broken uploads. While streaming, the
+// transport reads it on its own goroutine, hence the atomic.
+type clientBody struct {
+	rc      io.ReadCloser
+	ctl     *http.ResponseController // nil: no deadline to set
+	timeout time.Duration
+	at      *attempt // the streaming attempt; nil while buffering
+	read    int64    // bytes read; only before streaming starts
+	err     atomic.Pointer[error]
+
+	// Trailers of a streamed body: the client's, and the filtered map the
+	// outbound request carries, filled when the body ends.
+	trailerIn, trailerOut http.Header
 }
 
-// clientBody is the client's body as it streams to a backend. It keeps the
-// first read error, the client's fault (a malformed chunk, a body shorter
-// than its Content-Length, a hang-up), so that the failed attempt does not
-// blame the backend: marking it down would let any client with a key take
-// every backend out with a few broken uploads. The transport reads the
-// body on its own goroutine, hence the atomic.
-type clientBody struct {
-	io.ReadCloser
-	err atomic.Pointer[error]
+// newClientBody wraps rc, read by the handler writing to w.
+func newClientBody(rc io.ReadCloser, w http.ResponseWriter, timeout time.Duration) *clientBody {
+	c := &clientBody{rc: rc, timeout: timeout}
+	if timeout > 0 && w != nil {
+		c.ctl = http.NewResponseController(w)
+		// Also clears a leftover deadline; the server sets none of its own
+		// for bodies (no ReadTimeout).
+		if c.ctl.SetReadDeadline(time.Time{}) != nil {
+			c.ctl = nil // not a net/http server's writer: nothing to bound
+		}
+	}
+	return c
 }
 
 func (c *clientBody) Read(p []byte) (int, error) {
-	n, err := c.ReadCloser.Read(p)
-	if err != nil && err != io.EOF {
+	if c.at != nil {
+		c.at.waitClient()
+	}
+	if c.ctl != nil {
+		_ = c.ctl.SetReadDeadline(time.Now().Add(c.timeout))
+	}
+	n, err := c.rc.Read(p)
+	c.read += int64(n)
+	switch {
+	case err == io.EOF:
+		if c.ctl != nil {
+			// The server now reads ahead for the next request; our
+			// deadline must not cut that read.
+			_ = c.ctl.SetReadDeadline(time.Time{})
+		}
+		for k, vv := range c.trailerIn {
+			if trailerPasses(k) {
+				c.trailerOut[k] = vv
+			}
+		}
+	case err != nil:
+		// The deadline stays: the server then gives up on what is left
+		// of the body and closes the connection.
 		c.err.CompareAndSwap(nil, &err)
+	}
+	if c.at != nil {
+		c.at.sent()
 	}
 	return n, err
 }
 
-// clientErr returns the error reading the client's streamed body, if any.
+func (c *clientBody) Close() error { return c.rc.Close() }
+
+// isTimeout reports whether err is a read deadline passing.
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// clientErr returns the error reading the client's body, if any.
 func (b *requestBody) clientErr() error {
 	if b.client == nil {
 		return nil
@@ -122,9 +177,9 @@ func (b *requestBody) release() {
 }
 
 // attach sets the body of one attempt's request.
-func (b *requestBody) attach(req *http.Request) {
+func (b *requestBody) attach(req *http.Request, at *attempt) {
 	switch {
-	case b.replay != nil && len(b.replay.buf) == 0:
+	case b.replay != nil && len(b.replay.buf) == 0 && b.trailer == nil:
 		// An empty chunked body: say so plainly.
 		req.Body, req.ContentLength, req.TransferEncoding = http.NoBody, 0, nil
 	case b.replay != nil:
@@ -134,7 +189,14 @@ func (b *requestBody) attach(req *http.Request) {
 		req.GetBody = b.replay.getBody
 		req.ContentLength = int64(len(b.replay.buf))
 		req.TransferEncoding = nil
+		req.Trailer = b.trailer
+		if b.trailer != nil {
+			req.ContentLength = -1 // trailers need chunked framing
+		}
 	case b.stream != nil:
+		// One attempt only, which starts after this: the transport's
+		// writer sees at.
+		b.client.at = at
 		req.Body = b.stream
 	}
 }
@@ -145,18 +207,40 @@ const maxPooledBody = 64 << 10
 
 var replays = sync.Pool{New: func() any { return new(replay) }}
 
+// bufferBudget caps the bytes of request bodies held in memory for
+// retries, across all requests in flight (MaxRetryBufferBytes): past it,
+// bodies stream without retry instead of growing the heap without bound
+// under many concurrent uploads.
+type bufferBudget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+func (b *bufferBudget) take(n int64) bool {
+	if b.used.Add(n) > b.limit {
+		b.used.Add(-n)
+		return false
+	}
+	return true
+}
+
+func (b *bufferBudget) give(n int64) { b.used.Add(-n) }
+
 // replay is a request body held in memory. http.Transport may still read a
 // request body after RoundTrip returns, so the buffer is reference
 // counted: the attempt loop holds one reference and every open reader one,
 // and the buffer returns to the pool when the last is released.
 type replay struct {
-	buf  []byte
-	refs atomic.Int32
+	buf    []byte
+	refs   atomic.Int32
+	budget *bufferBudget
+	held   int64 // bytes of budget taken: cap(buf) once filling began
 }
 
-func newReplay() *replay {
+func newReplay(budget *bufferBudget) *replay {
 	r := replays.Get().(*replay)
 	r.refs.Store(1)
+	r.budget = budget
 	return r
 }
 
@@ -164,42 +248,60 @@ func (r *replay) release() {
 	if r.refs.Add(-1) != 0 {
 		return
 	}
+	r.budget.give(r.held)
+	r.held, r.budget = 0, nil
 	if cap(r.buf) <= maxPooledBody {
 		r.buf = r.buf[:0]
 		replays.Put(r)
 	}
 }
 
+// minBodyGrowth is the first allocation for a body, and the least step.
+const minBodyGrowth = 4 << 10
+
 // fill reads the body: size bytes when known, else up to limit+1 so that
-// a body over the limit shows itself.
-func (r *replay) fill(src io.Reader, size, limit int64) error {
+// a body over the limit shows itself. The buffer grows as bytes arrive,
+// never ahead of them on the word of a Content-Length, and only as far as
+// the budget allows. complete reports that the whole body, at most limit
+// bytes, is in r.buf; otherwise r.buf holds its first part.
+func (r *replay) fill(src io.Reader, size, limit int64) (complete bool, err error) {
 	want := limit + 1
 	if size >= 0 {
 		want = size
 	}
 	buf := r.buf[:0]
-	if size >= 0 {
-		buf = slices.Grow(buf, int(size))
-	}
 	for int64(len(buf)) < want {
+		room := min(int64(cap(buf)), want)
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, int(min(int64(max(cap(buf), 4096)), want-int64(len(buf)))))
+			room = min(max(2*int64(cap(buf)), minBodyGrowth), want)
 		}
-		n, err := src.Read(buf[len(buf):int(min(int64(cap(buf)), want))])
+		if r.held < room {
+			if !r.budget.take(room - r.held) {
+				r.buf = buf
+				return false, nil // over budget: stream the rest
+			}
+			r.held = room
+		}
+		if int64(cap(buf)) < room {
+			nb := make([]byte, len(buf), room)
+			copy(nb, buf)
+			buf = nb
+		}
+		n, err := src.Read(buf[len(buf):room])
 		buf = buf[:len(buf)+n]
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
 			r.buf = buf
-			return err
+			return false, err
 		}
 	}
 	r.buf = buf
 	if size >= 0 && int64(len(buf)) < size {
-		return io.ErrUnexpectedEOF
+		return false, io.ErrUnexpectedEOF
 	}
-	return nil
+	return int64(len(buf)) <= limit, nil
 }
 
 // open returns a new reader of the whole body, holding a reference.
@@ -253,13 +355,11 @@ type splicedBody struct {
 
 func (s *splicedBody) Close() error { return s.closer.Close() }
 
-// attemptBody is the body of the delivered answer. Closing it ends the
-// attempt's context, whose deadline covers reading the body. It counts the
-// bytes relayed, for the access log.
+// attemptBody is the body of the delivered answer: the attempt's, whose
+// Close ends the attempt. It counts the bytes relayed, for the access log.
 type attemptBody struct {
-	rc     io.ReadCloser
-	cancel context.CancelFunc
-	n      int64
+	rc io.ReadCloser
+	n  int64
 }
 
 func (b *attemptBody) Read(p []byte) (int, error) {
@@ -268,33 +368,31 @@ func (b *attemptBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *attemptBody) Close() error {
-	err := b.rc.Close() // first, so a fully read connection goes back to the pool
-	b.cancel()
-	return err
-}
+func (b *attemptBody) Close() error { return b.rc.Close() }
 
 // maxHeldAnswer is the largest failed answer kept in memory while another
 // backend is tried, to be returned if every attempt fails.
 const maxHeldAnswer = 64 << 10
 
-// errAnswerTooLarge: a failed answer too large to hold; holdAnswer gave it
-// back whole (read part, then the rest) and the loop returns it as is.
+// errAnswerTooLarge: a failed answer too large to hold, closed unread.
 var errAnswerTooLarge = errors.New("pipeline: failed answer too large to hold")
 
 // holdAnswer reads a failed answer's body into memory and ends its
-// attempt, so the answer can be returned after later attempts. On a read
-// error the answer is closed and the error returned.
-func holdAnswer(res *http.Response, cancel context.CancelFunc) error {
-	buf, err := io.ReadAll(io.LimitReader(res.Body, maxHeldAnswer+1))
-	if err == nil && len(buf) > maxHeldAnswer {
-		res.Body = &splicedBody{Reader: io.MultiReader(bytes.NewReader(buf), res.Body), closer: res.Body}
+// attempt, so the answer can be returned after later attempts. An answer
+// over maxHeldAnswer, or one whose body fails, is closed and an error
+// returned.
+func holdAnswer(res *http.Response) error {
+	if res.ContentLength > maxHeldAnswer {
+		_ = res.Body.Close()
 		return errAnswerTooLarge
 	}
-	_ = res.Body.Close() // read to the end or failed: nothing to report
-	cancel()
+	buf, err := io.ReadAll(io.LimitReader(res.Body, maxHeldAnswer+1))
+	_ = res.Body.Close() // read to the end, failed, or dropped: nothing to report
 	if err != nil {
 		return err
+	}
+	if len(buf) > maxHeldAnswer {
+		return errAnswerTooLarge
 	}
 	res.Body = io.NopCloser(bytes.NewReader(buf))
 	return nil

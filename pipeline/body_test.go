@@ -20,12 +20,14 @@ func TestReplayFill(t *testing.T) {
 		size    int64 // -1: unknown
 		limit   int64
 		want    string
+		partial bool // only the first part was read
 		wantErr error
 	}{
 		{name: "known size", body: "hello", size: 5, limit: 10, want: "hello"},
 		{name: "unknown size under limit", body: "hello", size: -1, limit: 10, want: "hello"},
 		{name: "unknown size at limit", body: "0123456789", size: -1, limit: 10, want: "0123456789"},
-		{name: "unknown size over limit reads one byte past", body: "0123456789ab", size: -1, limit: 10, want: "0123456789a"},
+		{name: "unknown size over limit reads one byte past", body: "0123456789ab", size: -1, limit: 10, want: "0123456789a",
+			partial: true},
 		{name: "empty", body: "", size: -1, limit: 10, want: ""},
 		{name: "short body", body: "hel", size: 5, limit: 10, want: "hel", wantErr: io.ErrUnexpectedEOF},
 		{name: "larger than one growth step", body: strings.Repeat("x", 10000), size: -1, limit: 20000,
@@ -33,22 +35,28 @@ func TestReplayFill(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := newReplay()
-			defer r.release()
-			err := r.fill(strings.NewReader(tt.body), tt.size, tt.limit)
+			budget := &bufferBudget{limit: 1 << 20}
+			r := newReplay(budget)
+			complete, err := r.fill(strings.NewReader(tt.body), tt.size, tt.limit)
 			if tt.wantErr != nil {
 				require.ErrorIs(t, err, tt.wantErr)
+				r.release()
+				assert.Zero(t, budget.used.Load(), "the budget is given back")
 				return
 			}
 			require.NoError(t, err)
+			assert.Equal(t, !tt.partial, complete)
 			assert.Equal(t, tt.want, string(r.buf))
+			r.release()
+			assert.Zero(t, budget.used.Load(), "the budget is given back")
 		})
 	}
 }
 
 func TestReplayReadersShareOneBuffer(t *testing.T) {
-	r := newReplay()
-	require.NoError(t, r.fill(strings.NewReader("payload"), -1, 100))
+	r := newReplay(&bufferBudget{limit: 1 << 20})
+	_, err := r.fill(strings.NewReader("payload"), -1, 100)
+	require.NoError(t, err)
 	a, b := r.open(), r.open()
 	r.release() // the loop is done; the readers keep the buffer
 	for _, rr := range []*replayReader{a, b} {
@@ -61,37 +69,48 @@ func TestReplayReadersShareOneBuffer(t *testing.T) {
 	assert.EqualValues(t, 1, r.refs.Load())
 	require.NoError(t, b.Close())
 	assert.Zero(t, r.refs.Load())
-	_, err := b.Read(make([]byte, 1))
+	_, err = b.Read(make([]byte, 1))
 	assert.ErrorIs(t, err, http.ErrBodyReadAfterClose, "no read once the buffer may be reused")
 }
 
 func TestHoldAnswer(t *testing.T) {
-	canceled := 0
-	cancel := func() { canceled++ }
 	t.Run("small answer is held", func(t *testing.T) {
-		canceled = 0
-		res := &http.Response{Body: io.NopCloser(strings.NewReader("busy"))}
-		require.NoError(t, holdAnswer(res, cancel))
-		assert.Equal(t, 1, canceled, "the attempt ends")
+		body := &closeCounter{Reader: strings.NewReader("busy")}
+		res := &http.Response{Body: body, ContentLength: -1}
+		require.NoError(t, holdAnswer(res))
+		assert.Equal(t, 1, body.closed, "the attempt ends")
 		got, _ := io.ReadAll(res.Body)
 		assert.Equal(t, "busy", string(got))
 	})
-	t.Run("large answer is given back whole", func(t *testing.T) {
-		canceled = 0
-		large := bytes.Repeat([]byte("z"), maxHeldAnswer+10)
-		res := &http.Response{Body: io.NopCloser(bytes.NewReader(large))}
-		require.ErrorIs(t, holdAnswer(res, cancel), errAnswerTooLarge)
-		assert.Zero(t, canceled, "the attempt goes on while the body is read")
-		got, _ := io.ReadAll(res.Body)
-		assert.Equal(t, large, got)
+	t.Run("large answer is dropped", func(t *testing.T) {
+		body := &closeCounter{Reader: bytes.NewReader(bytes.Repeat([]byte("z"), maxHeldAnswer+10))}
+		res := &http.Response{Body: body, ContentLength: -1}
+		require.ErrorIs(t, holdAnswer(res), errAnswerTooLarge)
+		assert.Equal(t, 1, body.closed)
+	})
+	t.Run("declared large answer is dropped unread", func(t *testing.T) {
+		body := &closeCounter{Reader: strings.NewReader("x")}
+		res := &http.Response{Body: body, ContentLength: maxHeldAnswer + 1}
+		require.ErrorIs(t, holdAnswer(res), errAnswerTooLarge)
+		assert.Equal(t, 1, body.closed)
 	})
 	t.Run("broken answer is an error", func(t *testing.T) {
-		canceled = 0
 		boom := errors.New("boom")
-		res := &http.Response{Body: io.NopCloser(io.MultiReader(strings.NewReader("x"), errReader{boom}))}
-		require.ErrorIs(t, holdAnswer(res, cancel), boom)
-		assert.Equal(t, 1, canceled)
+		body := &closeCounter{Reader: io.MultiReader(strings.NewReader("x"), errReader{boom})}
+		res := &http.Response{Body: body, ContentLength: -1}
+		require.ErrorIs(t, holdAnswer(res), boom)
+		assert.Equal(t, 1, body.closed)
 	})
+}
+
+type closeCounter struct {
+	io.Reader
+	closed int
+}
+
+func (c *closeCounter) Close() error {
+	c.closed++
+	return nil
 }
 
 func TestCopyBuffers(t *testing.T) {

@@ -35,6 +35,8 @@ type errorReply struct {
 	body    []byte
 	length  []string // Content-Length value
 	auth    []string // WWW-Authenticate value, for 401s
+	allow   []string // Allow value, for 405s
+	close   bool     // close the connection after the answer
 }
 
 func newReply(status int, message string, auth string) *errorReply {
@@ -50,11 +52,14 @@ func newReply(status int, message string, auth string) *errorReply {
 }
 
 var (
-	replyMissingKey       = newReply(http.StatusUnauthorized, "missing api key", "Bearer")
-	replyInvalidKey       = newReply(http.StatusUnauthorized, "invalid api key", `Bearer error="invalid_token"`)
-	replyRateLimited      = newReply(http.StatusTooManyRequests, "rate limit exceeded", "")
-	replyBadRequestBody   = newReply(http.StatusBadRequest, "invalid request body", "")
-	replyBodyTimeout      = newReply(http.StatusRequestTimeout, "request body timed out", "")
+	replyMissingKey     = newReply(http.StatusUnauthorized, "missing api key", "Bearer")
+	replyInvalidKey     = newReply(http.StatusUnauthorized, "invalid api key", `Bearer error="invalid_token"`)
+	replyRateLimited    = newReply(http.StatusTooManyRequests, "rate limit exceeded", "")
+	replyBadRequestBody = newReply(http.StatusBadRequest, "invalid request body", "")
+	replyBodyTimeout    = closing(newReply(http.StatusRequestTimeout, "request body timed out", ""))
+	replyConnect        = allowing(newReply(http.StatusMethodNotAllowed, "CONNECT is not supported", ""),
+		"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE")
+	replyBadUpgrade       = newReply(http.StatusBadRequest, "only the websocket upgrade is supported", "")
 	replyClientClosed     = newReply(statusClientClosed, "client closed request", "")
 	replyInternal         = newReply(http.StatusInternalServerError, "internal error", "")
 	replyBadGateway       = newReply(http.StatusBadGateway, "bad gateway", "")
@@ -63,6 +68,18 @@ var (
 	replyUnavailable      = newReply(http.StatusServiceUnavailable, "service unavailable", "")
 	replyGatewayTimeout   = newReply(http.StatusGatewayTimeout, "gateway timeout", "")
 )
+
+// closing marks r as ending its connection: a 408's client is stalled
+// mid-body, and the connection cannot carry another request.
+func closing(r *errorReply) *errorReply {
+	r.close = true
+	return r
+}
+
+func allowing(r *errorReply, methods string) *errorReply {
+	r.allow = []string{methods}
+	return r
+}
 
 // replyFor is the one table from errors to answers on this port, for
 // errors of the Admitter and of the attempt loop alike. clientGone reports
@@ -101,6 +118,7 @@ func replyFor(err error, clientGone bool) *errorReply {
 var (
 	valJSON    = []string{"application/json"}
 	valNoSniff = []string{"nosniff"}
+	valClose   = []string{"close"}
 )
 
 // write sends the reply. Headers already on w, such as the rate-limit ones,
@@ -112,6 +130,12 @@ func (e *errorReply) write(w http.ResponseWriter) {
 	h["Content-Length"] = e.length
 	if e.auth != nil {
 		h["Www-Authenticate"] = e.auth
+	}
+	if e.allow != nil {
+		h["Allow"] = e.allow
+	}
+	if e.close {
+		h["Connection"] = valClose
 	}
 	w.WriteHeader(e.status)
 	_, _ = w.Write(e.body) // the client may be gone; nothing else to do

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strings"
@@ -28,6 +29,9 @@ type exchange struct {
 	proxy    httputil.ReverseProxy // for protocol upgrades; see forward
 	body     attemptBody           // wraps the delivered response's body
 	triedBuf [8]int
+	// Bound once: GotConn hooks of forward's traces and of upgrades'.
+	gotConnHook  func(httptrace.GotConnInfo)
+	upgradeTrace httptrace.ClientTrace
 
 	// forward's outbound request template, which attempts copy.
 	out   http.Request
@@ -42,7 +46,8 @@ type exchange struct {
 	vals     *headerVals
 	idVal    []string // X-Request-Id value: the client's, or vals[valRequestID]
 	admitted bool
-	tried    []int            // IDs of the backends tried, in order
+	route    route            // the request's turn and the backends tried
+	wire     wire             // what the current attempt's connection saw
 	last     messages.Backend // the backend whose answer or failure counts
 	backend  string           // its host, for the log
 	attempts int
@@ -53,6 +58,8 @@ type exchange struct {
 
 func newExchange(p *Pipeline) *exchange {
 	x := &exchange{p: p}
+	x.gotConnHook = x.gotConn
+	x.upgradeTrace.GotConn = x.gotConnHook
 	x.proxy = httputil.ReverseProxy{
 		Rewrite:      x.rewrite,
 		Transport:    x,
@@ -75,7 +82,7 @@ func (x *exchange) begin(r *http.Request) {
 	x.start = time.Now()
 	x.vals = new(headerVals)
 	x.idVal = x.p.ids.requestID(r.Header, x.vals)
-	x.tried = x.triedBuf[:0]
+	x.route = route{tried: x.triedBuf[:0]}
 }
 
 // reset drops every reference to the finished request.
@@ -85,7 +92,8 @@ func (x *exchange) reset() {
 	x.vals = nil
 	x.idVal = nil
 	x.admitted = false
-	x.tried = nil
+	x.route = route{}
+	x.wire = wire{}
 	x.last = messages.Backend{}
 	x.backend = ""
 	x.attempts = 0
@@ -140,6 +148,11 @@ func (x *exchange) errorHandler(w http.ResponseWriter, _ *http.Request, err erro
 // rewrite is the proxy's Rewrite. The proxy has already removed hop-by-hop
 // and client-sent forwarding headers; the backend URL is set per attempt.
 func (x *exchange) rewrite(pr *httputil.ProxyRequest) {
+	for k := range pr.Out.Header {
+		if spoofable(k) {
+			delete(pr.Out.Header, k)
+		}
+	}
 	x.rewriteHeader(pr.In, pr.Out.Header)
 }
 
@@ -147,10 +160,9 @@ func (x *exchange) rewrite(pr *httputil.ProxyRequest) {
 // client and request IDs, and removes what must not reach a backend.
 func (x *exchange) rewriteHeader(in *http.Request, h http.Header) {
 	x.setForwarded(in, h)
-	delete(h, "Authorization")
-	// Tollgate has already read (or is streaming) the body, answering the
-	// client's 100-continue itself; asking the backend again only costs a
-	// round trip per attempt.
+	// A buffered body was read already, the server answering the client's
+	// 100-continue itself; asking the backend again would only cost a
+	// round trip per attempt. A streamed body puts it back (streamed).
 	delete(h, "Expect")
 	h[hdrClientID] = x.vals.one(valClientID)
 	h[hdrRequestID] = x.idVal

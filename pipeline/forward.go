@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
@@ -13,6 +14,24 @@ import (
 	"sync"
 	"sync/atomic"
 )
+
+// Deliberate differences from httputil.ReverseProxy, which forward
+// otherwise follows rule for rule:
+//   - request_timeout bounds each attempt's silences (the wait for the
+//     answer's headers, then each gap between reads of its body), not the
+//     whole exchange; the client's body reads get the same bound, by the
+//     connection's read deadline (SPEC 3.5);
+//   - failed attempts are retried on other backends, and whether a request
+//     was sent is read off the connection's byte count, not error types;
+//   - the client's Authorization, X-Client-Id, Forwarded and X-Forwarded-*
+//     (also spelled with '_') never pass, in headers or trailers; request
+//     trailers are filtered like headers;
+//   - Expect: 100-continue passes only with a streamed body: a buffered one
+//     was already read, after the server answered 100 itself;
+//   - CONNECT is refused (405) and only the websocket upgrade passes (400);
+//   - 1xx answers are relayed without touching the final answer's headers
+//     (Connection: close survives);
+//   - a client gone mid-answer is logged as 499, not as the backend's status.
 
 // forward sends an admitted request to the backends and streams the answer
 // back. It does for every request but a protocol upgrade what
@@ -27,8 +46,9 @@ import (
 // What the transport may still touch after RoundTrip returns (the request
 // body, the 1xx hook) is allocated per request, never pooled: a late call
 // must find its own request, not the next one to use this exchange.
-func (x *exchange) forward(w http.ResponseWriter, r *http.Request) {
-	if containsToken(r.Header["Connection"], "upgrade") {
+func (x *exchange) forward(w http.ResponseWriter, r *http.Request, upgrade bool) {
+	if upgrade {
+		x.base = httptrace.WithClientTrace(r.Context(), &x.upgradeTrace)
 		x.proxy.ServeHTTP(w, r)
 		return
 	}
@@ -56,7 +76,9 @@ func (x *exchange) outbound(r *http.Request) (*http.Request, *guardedBody) {
 	// Room for the headers rewriteHeader adds, so the map does not grow.
 	h := make(http.Header, len(r.Header)+5)
 	for k, vv := range r.Header {
-		h[k] = vv
+		if !spoofable(k) {
+			h[k] = vv
+		}
 	}
 	wantsTrailers := containsToken(h["Te"], "trailers")
 	removeHopByHop(h)
@@ -64,9 +86,6 @@ func (x *exchange) outbound(r *http.Request) (*http.Request, *guardedBody) {
 		// Tell the backend the client can take trailers, as the stock
 		// proxy does (Go issue 21096).
 		h["Te"] = teTrailers
-	}
-	for _, k := range clientForwardingKeys {
-		delete(h, k)
 	}
 	x.rewriteHeader(r, h)
 	if _, ok := h["User-Agent"]; !ok {
@@ -92,6 +111,7 @@ func (x *exchange) outbound(r *http.Request) (*http.Request, *guardedBody) {
 	}
 	x.relay = &relay1xx{x: x}
 	x.relay.trace.Got1xxResponse = x.relay.got1xx
+	x.relay.trace.GotConn = x.gotConnHook
 	x.base = httptrace.WithClientTrace(r.Context(), &x.relay.trace)
 	return out, body
 }
@@ -128,6 +148,9 @@ func (x *exchange) respond(w http.ResponseWriter, r *http.Request, res *http.Res
 
 	if err := x.copyBody(w, res); err != nil {
 		_ = res.Body.Close()
+		if errors.Is(err, errClientGone) || r.Context().Err() != nil {
+			x.status = statusClientClosed // the backend's status never reached anyone
+		}
 		// Nothing better to do halfway through a streamed answer than to
 		// abort it, which the server does for this panic without a log
 		// line. Outside a server (tests), the stock proxy just returns.
@@ -174,7 +197,7 @@ func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
-				return werr
+				return fmt.Errorf("%w: %w", errClientGone, werr)
 			}
 			if flush != nil {
 				_ = flush()
@@ -191,6 +214,9 @@ func (x *exchange) copyBody(w http.ResponseWriter, res *http.Response) error {
 		}
 	}
 }
+
+// errClientGone: writing the answer to the client failed.
+var errClientGone = errors.New("pipeline: client gone")
 
 // relay1xx relays a request's informational answers (100 Continue, 103
 // Early Hints) to its client while its attempts run. The transport calls
@@ -211,13 +237,21 @@ func (rl *relay1xx) got1xx(code int, header textproto.MIMEHeader) error {
 	if rl.done {
 		return nil
 	}
+	// The server sends the writer's header map with a 1xx and does not
+	// clear it after. The 1xx carries the backend's headers alone, and the
+	// final answer's (ours, and a Connection: close guarding against
+	// smuggling) are put back as they were. Rare, so the copy is fine.
 	h := rl.x.w.Header()
-	copyHeader(h, http.Header(header))
-	rl.x.w.WriteHeader(code)
-	// The server does not clear the header map after a 1xx; ours go back
-	// for the final answer.
+	saved := maps.Clone(h)
 	clear(h)
-	rl.x.stamp(h)
+	for k, vv := range header {
+		if !isHopByHop(k) {
+			h[k] = vv
+		}
+	}
+	rl.x.w.WriteHeader(code)
+	clear(h)
+	maps.Copy(h, saved)
 	return nil
 }
 
@@ -265,9 +299,73 @@ var hopByHop = [...]string{
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
-// clientForwardingKeys are forwarding headers a client may have sent;
-// Tollgate sets its own and trusts none of these.
-var clientForwardingKeys = [...]string{"Forwarded", hdrForwardedFor, hdrForwardedHost, hdrForwardedProto}
+func isHopByHop(k string) bool {
+	for _, h := range hopByHop {
+		if strings.EqualFold(k, h) {
+			return true
+		}
+	}
+	return false
+}
+
+// spoofable reports whether a header name the client sent poses as one
+// only Tollgate sets, so it must not reach a backend (SPEC 3.4): its own
+// key (Authorization), X-Client-Id, X-Request-Id, Forwarded and
+// X-Forwarded-*. Names are compared with '_' read as '-', because
+// CGI-style backends (CGI, WSGI, Rack) turn both into HTTP_X_CLIENT_ID.
+// The client's X-Request-Id, when sane, goes on under Tollgate's name.
+func spoofable(k string) bool {
+	if len(k) < len("Forwarded") {
+		return false
+	}
+	switch k[0] | 0x20 {
+	case 'a':
+		return len(k) == len("authorization") && lookAlike(k, "authorization")
+	case 'f':
+		return len(k) == len("forwarded") && lookAlike(k, "forwarded")
+	case 'x':
+		return len(k) == len("x-client-id") && lookAlike(k, "x-client-id") ||
+			len(k) == len("x-request-id") && lookAlike(k, "x-request-id") ||
+			len(k) > len("x-forwarded-") && lookAlike(k[:len("x-forwarded-")], "x-forwarded-")
+	}
+	return false
+}
+
+// lookAlike reports whether s equals lower, of the same length, ignoring
+// ASCII case and reading '_' as '-'.
+func lookAlike(s, lower string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '_' {
+			c = '-'
+		} else if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != lower[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// trailerPasses reports whether a request trailer may reach the backend:
+// the same rule as headers (SPEC 3.4).
+func trailerPasses(k string) bool { return !spoofable(k) && !isHopByHop(k) }
+
+// filteredTrailer returns the trailers of t that pass, nil if none does.
+func filteredTrailer(t http.Header) http.Header {
+	var out http.Header
+	for k, vv := range t {
+		if len(vv) == 0 || !trailerPasses(k) {
+			continue
+		}
+		if out == nil {
+			out = make(http.Header, len(t))
+		}
+		out[k] = vv
+	}
+	return out
+}
 
 func removeHopByHop(h http.Header) {
 	for _, v := range h["Connection"] {

@@ -131,6 +131,9 @@ func newHarness(t *testing.T, s setup) *harness {
 	if opts.MaxRetryBodyBytes == 0 {
 		opts.MaxRetryBodyBytes = 1 << 20
 	}
+	if opts.MaxRetryBufferBytes == 0 {
+		opts.MaxRetryBufferBytes = 64 << 20
+	}
 	h.p = New(opts)
 	var handler http.Handler = h.p
 	if s.wrap != nil {

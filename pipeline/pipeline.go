@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/textproto"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,13 +50,19 @@ type Options struct {
 	// MaxRetries is how many more attempts a failed request may make;
 	// negative counts as 0. SetLimits changes it live.
 	MaxRetries int
-	// RequestTimeout bounds each attempt, from sending the request to the
-	// end of the response body; 0 means no bound. SetLimits changes it live.
+	// RequestTimeout bounds each attempt's silences: the wait for the
+	// answer's headers, then each gap between reads of its body; and each
+	// read of the client's body (408 past it). 0 means no bound. SetLimits
+	// changes it live.
 	RequestTimeout time.Duration
 	// MaxRetryBodyBytes is the largest request body buffered so it can be
 	// sent again on retry. Larger bodies are streamed in one attempt; 0
 	// streams every body. Values above 1 GiB count as 1 GiB.
 	MaxRetryBodyBytes int64
+	// MaxRetryBufferBytes caps the request body bytes held in memory for
+	// retries across all requests in flight; past it, bodies stream
+	// without retry. 0 holds none. See load_balancer.max_retry_buffer_bytes.
+	MaxRetryBufferBytes int64
 	// Logger receives access lines (debug), retries and failures (warn).
 	// Nil discards.
 	Logger *slog.Logger
@@ -74,6 +82,7 @@ type Pipeline struct {
 	backends    Backends
 	transport   http.RoundTripper
 	maxBody     int64
+	retryBuffer bufferBudget // bytes of bodies held for retries
 	logger      *slog.Logger
 	accessLevel slog.Level
 	obs         Observer // nil: no metrics
@@ -107,6 +116,7 @@ func New(opts Options) *Pipeline {
 		accessLevel: slog.LevelDebug,
 		obs:         opts.Observer,
 	}
+	p.retryBuffer.limit = max(opts.MaxRetryBufferBytes, 0)
 	p.ids.init()
 	if p.transport == nil {
 		p.transport = newTransport()
@@ -149,6 +159,20 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// proxy aborts a broken response stream with http.ErrAbortHandler.
 	defer p.finish(x)
 
+	// Refused before the key is looked at: no request of these kinds is
+	// ever forwarded, so none should cost a token.
+	if r.Method == http.MethodConnect {
+		x.reply(w, replyConnect)
+		return
+	}
+	// "Connection: upgrade" without an Upgrade header asks for nothing:
+	// both are hop-by-hop and dropped, and the request is an ordinary one.
+	upgrade := len(r.Header["Upgrade"]) > 0 && containsToken(r.Header["Connection"], "upgrade")
+	if upgrade && !isWebSocket(r.Header["Upgrade"]) {
+		x.reply(w, replyBadUpgrade)
+		return
+	}
+
 	vals := r.Header["Authorization"]
 	if len(vals) == 0 || vals[0] == "" {
 		p.authFailed(AuthMissing)
@@ -181,7 +205,14 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// backend's headers then join them in the same map.
 	x.w = w
 	x.stamp(w.Header())
-	x.forward(w, r)
+	x.forward(w, r, upgrade)
+}
+
+// isWebSocket reports whether an Upgrade header asks for websocket and
+// nothing else (SPEC 3.4): other protocols, h2c among them, would tunnel
+// past what Tollgate checks.
+func isWebSocket(upgrade []string) bool {
+	return len(upgrade) == 1 && strings.EqualFold(textproto.TrimString(upgrade[0]), "websocket")
 }
 
 // finish measures and logs the request and recycles its exchange.
@@ -200,18 +231,34 @@ func (p *Pipeline) authFailed(reason string) {
 	}
 }
 
-// pick returns the next healthy backend round-robin, skipping those this
-// request already tried. ok is false when there is none left.
-func (p *Pipeline) pick(tried []int) (b messages.Backend, ok bool) {
+// route is what a request's attempts share to choose their backends: its
+// turn in the rotation and the backends tried, in order.
+type route struct {
+	turn  uint64
+	tried []int // backend IDs
+}
+
+// pick chooses the backend of a request's next attempt among those healthy
+// now, and records it in r. The first attempt takes the next turn of the
+// shared round-robin (SPEC 3.3); retries go on from that turn to the next
+// backends not tried, without moving the shared turn, so that first
+// attempts spread evenly even while one backend fails every attempt. ok is
+// false when no healthy backend is left untried.
+func (p *Pipeline) pick(r *route) (b messages.Backend, ok bool) {
 	healthy := p.backends.Healthy()
 	n := uint64(len(healthy))
 	if n == 0 {
 		return messages.Backend{}, false
 	}
-	start := p.next.Add(1) - 1
+	start := r.turn + 1
+	if len(r.tried) == 0 {
+		r.turn = p.next.Add(1) - 1
+		start = r.turn
+	}
 	for i := range n {
 		b = healthy[(start+i)%n]
-		if !containsID(tried, b.ID) {
+		if !containsID(r.tried, b.ID) {
+			r.tried = append(r.tried, b.ID)
 			return b, true
 		}
 	}
@@ -233,17 +280,23 @@ const maxRetryBodyLimit = 1 << 30
 
 // Transport tuning: Tollgate talks to a handful of backends with many
 // concurrent requests each, so the idle pool per host is large. There is no
-// ResponseHeaderTimeout: the per-attempt context bounds the whole attempt.
+// ResponseHeaderTimeout: each attempt's clock (attempt) bounds the wait.
+//
+// idleConnTimeout is below the keep-alive timeouts common backends use
+// (Node.js 5 s, Apache 5 s, gunicorn 2 s is the rare lower one): a
+// connection the backend closes while idle races with Tollgate reusing it,
+// and that race costs a failed attempt. Closing first, after 4 s of idle,
+// avoids it for most backends, at the price of a reconnect after a lull.
 const (
 	dialTimeout         = 5 * time.Second
 	maxIdleConnsPerHost = 512
-	idleConnTimeout     = 90 * time.Second
+	idleConnTimeout     = 4 * time.Second
 )
 
 func newTransport() *http.Transport {
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		DialContext:           d.DialContext,
+		DialContext:           countingDial(d.DialContext),
 		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
 		IdleConnTimeout:       idleConnTimeout,
 		DisableCompression:    true, // pass encodings through untouched

@@ -55,7 +55,7 @@ func TestExpectContinue(t *testing.T) {
 // needs the backend connection itself, not a wrapped body.
 func TestProtocolUpgrade(t *testing.T) {
 	b := newBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
+		if r.Header.Get("Upgrade") != "websocket" {
 			http.Error(w, "no upgrade", http.StatusBadRequest)
 			return
 		}
@@ -64,7 +64,7 @@ func TestProtocolUpgrade(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		_, _ = rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		_ = rw.Flush()
 		line, err := rw.ReadString('\n')
 		if err != nil {
@@ -74,7 +74,7 @@ func TestProtocolUpgrade(t *testing.T) {
 		_ = rw.Flush()
 	})
 	h := newHarness(t, setup{backends: []string{b.URL}})
-	res := h.send(t, request{header: map[string][]string{"Connection": {"Upgrade"}, "Upgrade": {"echo"}}})
+	res := h.send(t, request{header: map[string][]string{"Connection": {"Upgrade"}, "Upgrade": {"websocket"}}})
 	defer res.Body.Close()
 	require.Equal(t, http.StatusSwitchingProtocols, res.StatusCode)
 	assert.Equal(t, "20", res.Header.Get("X-RateLimit-Limit"))

@@ -2,14 +2,11 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/tollgate/tollgate/messages"
@@ -30,9 +27,20 @@ const (
 // failure describes a failed attempt.
 type failure struct {
 	kind failKind
-	// sent: the request may have reached the backend. False only when the
-	// connection was never established, so nothing can have been acted on.
+	// sent: some byte of the request was written to the backend, so it
+	// may have acted on it. A failed dial or TLS handshake, and a reused
+	// keep-alive connection found closed before anything was written, are
+	// not sent.
 	sent bool
+	// connected: the attempt got a connection to the backend.
+	connected bool
+}
+
+// passive reports whether f says the backend is unreachable (SPEC 3.6): a
+// connection error, or a timeout before any connection was made (a
+// backend dropping SYNs, a stuck TLS handshake).
+func (f failure) passive() bool {
+	return f.kind == failConn || f.kind == failTimeout && !f.connected
 }
 
 // shouldRetry is the retry policy of SPEC 3 step 5, leaving aside the
@@ -63,21 +71,12 @@ func failedStatus(code int) bool {
 		code == http.StatusGatewayTimeout
 }
 
-// isDialError reports whether err means the connection was never made.
-func isDialError(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	return errors.Is(err, syscall.ECONNREFUSED)
-}
-
 // outcome is the result of one attempt.
 type outcome struct {
-	res    *http.Response // nil when the transport failed
-	cancel context.CancelFunc
-	err    error
-	fail   failure
+	res  *http.Response // nil when the transport failed; its body ends at
+	at   *attempt       // the attempt, whose Close ends it
+	err  error
+	fail failure
 }
 
 // RoundTrip is the attempt loop. forward (or, for upgrades, the
@@ -86,7 +85,7 @@ type outcome struct {
 // returned is the one streamed back.
 func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 	lim := x.p.limits.Load()
-	body, err := x.bufferBody(out, lim.requestTimeout)
+	body, err := x.prepareBody(out, lim.requestTimeout)
 	if err != nil {
 		return nil, err
 	}
@@ -95,11 +94,12 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 	if !body.replayable() {
 		budget = 1
 	}
-	hasKey := len(out.Header[hdrIdempotencyKey]) > 0
+	// An empty key promises nothing.
+	hasKey := len(out.Header[hdrIdempotencyKey]) > 0 && out.Header[hdrIdempotencyKey][0] != ""
 
 	var last lastFailure
 	for x.attempts < budget {
-		b, ok := x.p.pick(x.tried)
+		b, ok := x.p.pick(&x.route)
 		if !ok {
 			if x.attempts == 0 {
 				return nil, messages.ErrNoBackend
@@ -113,10 +113,9 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 			}
 		}
 		x.attempts++
-		x.tried = append(x.tried, b.ID)
 		x.last, x.backend = b, b.URL.Host
 		o := x.timedTry(out, b, &body, lim.requestTimeout)
-		if o.fail.kind == failConn {
+		if o.fail.passive() {
 			x.p.backends.ReportFailure(out.Context(), b, o.err)
 		}
 		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail)
@@ -146,7 +145,7 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 	switch {
 	case o.fail.kind == failNone:
 		closeAnswer(last.answer)
-		return x.deliver(o.res, o.cancel), true, nil
+		return x.deliver(o.res), true, nil
 	case o.fail.kind == failCanceled:
 		closeAnswer(last.answer)
 		return nil, true, out.Context().Err()
@@ -154,14 +153,14 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 		closeAnswer(last.answer)
 		return nil, true, o.err
 	case o.res != nil:
-		closeAnswer(last.answer)
-		last.answer = nil
 		if !retry {
-			return x.deliver(o.res, o.cancel), true, nil
+			closeAnswer(last.answer)
+			return x.deliver(o.res), true, nil
 		}
-		if o.err = holdAnswer(o.res, o.cancel); o.err == errAnswerTooLarge {
-			return x.deliver(o.res, o.cancel), true, nil
-		} else if o.err == nil {
+		// Held so that it can be returned if every attempt fails. One too
+		// large to hold is dropped: a retry is worth more than its body.
+		if o.err = holdAnswer(o.res); o.err == nil {
+			closeAnswer(last.answer)
 			last.answer, last.from = o.res, x.last
 		}
 	}
@@ -178,15 +177,13 @@ func (x *exchange) giveUp(last *lastFailure) (*http.Response, error) {
 	switch {
 	case last.answer != nil:
 		x.last, x.backend = last.from, last.from.URL.Host
-		return x.deliver(last.answer, noCancel), nil
+		return x.deliver(last.answer), nil
 	case last.fail.kind == failTimeout:
 		return nil, fmt.Errorf("%w: %w", errGatewayTimeout, last.err)
 	default:
 		return nil, fmt.Errorf("%w: %w", errBadGateway, last.err)
 	}
 }
-
-func noCancel() {}
 
 // timedTry is try, reported to the Observer when there is one.
 func (x *exchange) timedTry(out *http.Request, b messages.Backend, body *requestBody, timeout time.Duration) outcome {
@@ -200,57 +197,63 @@ func (x *exchange) timedTry(out *http.Request, b messages.Backend, body *request
 	return o
 }
 
-// try makes one attempt on b. Its context ends at request_timeout; on
-// success the returned cancel is owned by the response body.
+// try makes one attempt on b, bounded by request_timeout as attempt says.
+// On success the answer's body ends the attempt when closed.
 func (x *exchange) try(out *http.Request, b messages.Backend, body *requestBody, timeout time.Duration) outcome {
-	ctx, cancel := out.Context(), context.CancelFunc(noCancel)
+	parent := out.Context()
 	if x.base != nil {
-		ctx = x.base
+		parent = x.base
 	}
-	if timeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-	}
-	res, err := x.p.transport.RoundTrip(attemptRequest(ctx, out, b, body))
+	at := newAttempt(parent, timeout)
+	x.wire = wire{}
+	res, err := x.p.transport.RoundTrip(attemptRequest(at, out, b, body))
 	if err != nil {
-		f := classify(out.Context(), ctx, err)
-		cancel()
-		if berr := body.clientErr(); berr != nil && f.kind != failCanceled {
-			return outcome{err: fmt.Errorf("%w: %w", errRequestBody, berr), fail: failure{kind: failClient, sent: true}}
+		at.end()
+		if berr := body.clientErr(); berr != nil {
+			if isTimeout(berr) {
+				return outcome{err: fmt.Errorf("%w: %w", errBodyTimeout, berr), fail: failure{kind: failClient, sent: true}}
+			}
+			if out.Context().Err() == nil {
+				return outcome{err: fmt.Errorf("%w: %w", errRequestBody, berr), fail: failure{kind: failClient, sent: true}}
+			}
 		}
-		return outcome{err: err, fail: f}
+		return outcome{err: err, fail: x.classify(out.Context(), at)}
 	}
+	at.answer(res)
 	if failedStatus(res.StatusCode) {
-		return outcome{res: res, cancel: cancel, fail: failure{kind: failAnswer, sent: true}}
+		return outcome{res: res, at: at, fail: failure{kind: failAnswer, sent: true, connected: true}}
 	}
-	return outcome{res: res, cancel: cancel}
+	return outcome{res: res, at: at}
 }
 
 // classify tells a client cancellation, a timeout and a connection error
-// apart, in that order: the client's context and the attempt's deadline
-// explain an error better than its text does.
-func classify(client, attempt context.Context, err error) failure {
+// apart, in that order: the client's context and the attempt's clock
+// explain an error better than its text does. Whether the request was
+// sent comes from the connection, not the error.
+func (x *exchange) classify(client context.Context, at *attempt) failure {
+	f := failure{kind: failConn, sent: x.wire.wrote(), connected: x.wire.connected}
 	switch {
 	case client.Err() != nil:
 		return failure{kind: failCanceled, sent: true}
-	case attempt.Err() == context.DeadlineExceeded:
-		return failure{kind: failTimeout, sent: !isDialError(err)}
-	default:
-		return failure{kind: failConn, sent: !isDialError(err)}
+	case at.timedOut():
+		f.kind = failTimeout
 	}
+	return f
 }
 
 // attemptRequest is out aimed at b, with its own context and body reader.
 // out itself is left alone: every attempt starts from it.
-func attemptRequest(ctx context.Context, out *http.Request, b messages.Backend, body *requestBody) *http.Request {
-	req := out.WithContext(ctx)
-	u := *out.URL
+func attemptRequest(at *attempt, out *http.Request, b messages.Backend, body *requestBody) *http.Request {
+	req := out.WithContext(at.ctx)
+	u := &at.url // in the attempt's allocation, not one of its own
+	*u = *out.URL
 	u.Scheme, u.Host = b.URL.Scheme, b.URL.Host
 	if b.URL.Path != "" || b.URL.RawQuery != "" {
-		joinURL(&u, b.URL)
+		joinURL(u, b.URL)
 	}
-	req.URL = &u
+	req.URL = u
 	req.Host = b.URL.Host
-	body.attach(req)
+	body.attach(req, at)
 	return req
 }
 
@@ -274,7 +277,7 @@ func joinURL(u, target *url.URL) {
 }
 
 // deliver readies the answer the proxy will stream to the client.
-func (x *exchange) deliver(res *http.Response, cancel context.CancelFunc) *http.Response {
+func (x *exchange) deliver(res *http.Response) *http.Response {
 	x.status = res.StatusCode
 	if res.Header == nil {
 		res.Header = make(http.Header)
@@ -296,12 +299,10 @@ func (x *exchange) deliver(res *http.Response, cancel context.CancelFunc) *http.
 		}
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
-		// The proxy needs the raw body to take over the connection, and
-		// the transport stops watching the attempt's context at a 101.
-		cancel()
+		// The proxy needs the raw body to take over the connection.
 		return res
 	}
-	x.body = attemptBody{rc: res.Body, cancel: cancel}
+	x.body = attemptBody{rc: res.Body}
 	res.Body = &x.body
 	return res
 }

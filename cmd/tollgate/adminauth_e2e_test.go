@@ -270,6 +270,9 @@ func wiredHandlers(t *testing.T, cfg map[string]any, extraArgs ...string) wired 
 func serveAs(h http.Handler, peer, method, target, authorization, body string, headerPairs ...string) *httptest.ResponseRecorder {
 	req := httptest.NewRequest(method, target, strings.NewReader(body))
 	req.RemoteAddr = peer
+	if strings.HasPrefix(target, "/") {
+		req.Host = "localhost" // as a local client names it, not httptest's example.com
+	}
 	if authorization != "" {
 		req.Header.Set("Authorization", authorization)
 	}

@@ -123,6 +123,7 @@ func inForce(cur, next *config.Config) *config.Config {
 	lb := next.LoadBalancer
 	lb.HealthCheckWorkerCount = cur.LoadBalancer.HealthCheckWorkerCount
 	lb.MaxRetryBodyBytes = cur.LoadBalancer.MaxRetryBodyBytes
+	lb.MaxRetryBufferBytes = cur.LoadBalancer.MaxRetryBufferBytes
 	out.LoadBalancer = lb
 	out.RateLimiter.DefaultRatePerSec = next.RateLimiter.DefaultRatePerSec
 	out.RateLimiter.DefaultCapacity = next.RateLimiter.DefaultCapacity
@@ -147,6 +148,7 @@ var restartOnly = []struct {
 	{"pprof", false, func(c *config.Config) any { return c.Pprof }},
 	{"load_balancer.health_check_worker_count", false, func(c *config.Config) any { return c.LoadBalancer.HealthCheckWorkerCount }},
 	{"load_balancer.max_retry_body_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBodyBytes }},
+	{"load_balancer.max_retry_buffer_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBufferBytes }},
 	{"rate_limiter.add_tokens_interval", false, func(c *config.Config) any { return c.RateLimiter.AddTokensInterval }},
 	{"rate_limiter.save_state_interval", false, func(c *config.Config) any { return c.RateLimiter.SaveStateInterval }},
 	{"rate_limiter.remove_stale_interval", false, func(c *config.Config) any { return c.RateLimiter.RemoveStaleInterval }},

@@ -151,14 +151,15 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			Observer:     m,
 		}, limiter, measured, log),
 		forward: pipeline.New(pipeline.Options{
-			Admitter:          limiter,
-			Backends:          registry,
-			MaxRetries:        lb.MaxRetries,
-			RequestTimeout:    lb.RequestTimeout,
-			MaxRetryBodyBytes: lb.MaxRetryBodyBytes,
-			Logger:            log,
-			AccessLog:         cfg.AccessLog,
-			Observer:          m,
+			Admitter:            limiter,
+			Backends:            registry,
+			MaxRetries:          lb.MaxRetries,
+			RequestTimeout:      lb.RequestTimeout,
+			MaxRetryBodyBytes:   lb.MaxRetryBodyBytes,
+			MaxRetryBufferBytes: lb.MaxRetryBufferBytes,
+			Logger:              log,
+			AccessLog:           cfg.AccessLog,
+			Observer:            m,
 		}),
 	}
 	a.live.cfg = cfg
