@@ -65,6 +65,20 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 }
 
+// TestRecordV1ReadsAsFirstGeneration: records written before generations
+// read as generation 0, version 1.
+func TestRecordV1ReadsAsFirstGeneration(t *testing.T) {
+	c := messages.Client{ID: "old", APIKey: "k-0123456789abcdef", KeyPrefix: "k-0123", RatePerSec: 1, Capacity: 3,
+		Tokens: 2, LastRefill: time.Unix(5, 0).UTC(), Generation: 9, Version: 4}
+	v2 := encodeRecord(c)
+	v1 := append([]byte{recordV1}, v2[1:fixedLen]...)
+	v1 = append(v1, v2[fixedLenV2:]...)
+	got, err := decodeRecord("old", v1)
+	require.NoError(t, err)
+	c.Generation, c.Version = 0, 1
+	assert.Equal(t, c, got)
+}
+
 // FuzzDecodeRecord: whatever is in the file, decoding never panics.
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add(encodeRecord(messages.Client{ID: "a", APIKey: "key", KeyPrefix: "k", Capacity: 1}))

@@ -115,12 +115,14 @@ func (p *Postgres) wait(ctx context.Context, conn *pgx.Conn, resyncEvery time.Du
 }
 
 type changePayload struct {
-	Op       string  `json:"op"`
-	ID       string  `json:"id"`
-	Hash     string  `json:"hash"`
-	OldHash  string  `json:"old_hash"`
-	Rate     float64 `json:"rate"`
-	Capacity int64   `json:"capacity"`
+	Op         string  `json:"op"`
+	ID         string  `json:"id"`
+	Hash       string  `json:"hash"`
+	OldHash    string  `json:"old_hash"`
+	Rate       float64 `json:"rate"`
+	Capacity   int64   `json:"capacity"`
+	Generation int64   `json:"generation"`
+	Version    int64   `json:"version"`
 }
 
 func decodeChange(payload string) (messages.Change, error) {
@@ -128,7 +130,8 @@ func decodeChange(payload string) (messages.Change, error) {
 	if err := json.Unmarshal([]byte(payload), &cp); err != nil {
 		return messages.Change{}, fmt.Errorf("persist: change payload: %w", err)
 	}
-	ch := messages.Change{ClientID: cp.ID, Deleted: cp.Op == "delete", RatePerSec: cp.Rate, Capacity: cp.Capacity}
+	ch := messages.Change{ClientID: cp.ID, Deleted: cp.Op == "delete", RatePerSec: cp.Rate, Capacity: cp.Capacity,
+		Generation: cp.Generation, Version: cp.Version}
 	if cp.Op != "delete" && cp.Op != "upsert" {
 		return ch, fmt.Errorf("persist: change payload: unknown op %q", cp.Op)
 	}
