@@ -50,6 +50,7 @@ func (m *memStore) CreateClient(_ context.Context, c messages.Client) error {
 			return messages.ErrConflict
 		}
 	}
+	c.Version = 1
 	m.clients[c.ID] = c
 	return nil
 }
@@ -113,7 +114,8 @@ func (m *memStore) KeyRefs(context.Context) ([]messages.KeyRef, error) {
 	defer m.mu.Unlock()
 	var refs []messages.KeyRef
 	for _, c := range m.clients {
-		refs = append(refs, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash})
+		refs = append(refs, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash,
+			RatePerSec: c.RatePerSec, Capacity: c.Capacity, Generation: c.Generation, Version: c.Version})
 	}
 	if m.afterKeyRefs != nil {
 		m.mu.Unlock()
@@ -134,6 +136,7 @@ func (m *memStore) UpdateLimits(_ context.Context, id string, l messages.Limits)
 		return c, messages.ErrNotFound
 	}
 	l.ApplyTo(&c)
+	c.Version++
 	m.clients[id] = c
 	return c, nil
 }
@@ -150,6 +153,7 @@ func (m *memStore) RotateKey(_ context.Context, id, key string, h messages.KeyHa
 	}
 	c := old
 	c.APIKey, c.KeyHash, c.KeyPrefix = key, h, prefix
+	c.Version++
 	m.clients[id] = c
 	return old, nil
 }
@@ -179,8 +183,8 @@ func (m *memStore) SaveStates(_ context.Context, states []messages.BucketState) 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, st := range states {
-		if c, ok := m.clients[st.ClientID]; ok {
-			c.Tokens, c.LastRefill = st.Tokens, st.LastRefill
+		if c, ok := m.clients[st.ClientID]; ok && c.Generation == st.Generation && !c.LastRefill.After(st.LastRefill) {
+			c.Tokens, c.LastRefill = min(st.Tokens, float64(c.Capacity)), st.LastRefill
 			m.clients[st.ClientID] = c
 		}
 	}

@@ -33,7 +33,9 @@ func TestApplyChangeFromAnotherInstance(t *testing.T) {
 	assert.Equal(t, int64(4), d.Remaining)
 
 	// Limits changed elsewhere apply to the cached bucket at once.
-	c.Capacity = 2
+	capacity := int64(2)
+	c, err = store.UpdateLimits(ctx, "c", messages.Limits{Capacity: &capacity})
+	require.NoError(t, err)
 	require.NoError(t, l.ApplyChange(ctx, changeOf(c)))
 	d, err = l.Admit(ctx, "key-c-0123456789")
 	require.NoError(t, err)
@@ -43,6 +45,8 @@ func TestApplyChangeFromAnotherInstance(t *testing.T) {
 	// Rotated elsewhere: the old key stops, the bucket moves.
 	rotated := c
 	rotated.KeyHash = messages.HashKey("key-c2-0123456789")
+	_, err = store.RotateKey(ctx, "c", "key-c2-0123456789", rotated.KeyHash, "key-c2")
+	require.NoError(t, err)
 	ch := changeOf(rotated)
 	ch.OldKeyHash = c.KeyHash
 	require.NoError(t, l.ApplyChange(ctx, ch))
@@ -53,6 +57,8 @@ func TestApplyChangeFromAnotherInstance(t *testing.T) {
 	assert.Equal(t, int64(0), d.Remaining, "the bucket carried over")
 
 	// Deleted elsewhere: refused at once.
+	_, err = store.DeleteClient(ctx, "c")
+	require.NoError(t, err)
 	require.NoError(t, l.ApplyChange(ctx, messages.Change{Deleted: true, ClientID: "c", KeyHash: rotated.KeyHash}))
 	_, err = l.Admit(ctx, "key-c2-0123456789")
 	require.ErrorIs(t, err, messages.ErrUnknownKey)
