@@ -17,8 +17,8 @@ type entry struct {
 	generation int64 // of the client the bucket belongs to
 	version    int64 // of the limits the bucket has
 	b          bucket
-	seen     int64 // last admission, Unix ns; drives time_to_live eviction
-	dirty    bool  // changed since the persister last collected it
+	seen       int64 // last admission, Unix ns; drives time_to_live eviction
+	dirty      bool  // changed since the persister last collected it
 	// handed is the last refill (Unix ns) of the state the persister
 	// collected and has not yet confirmed saved; 0 when none is.
 	handed int64
