@@ -26,6 +26,15 @@ type memStore struct {
 	// afterKeyRefs runs once KeyRefs has taken its snapshot, before it
 	// returns: changes it makes are missing from that snapshot.
 	afterKeyRefs func()
+	// afterWrite, when set, runs after each successful admin write
+	// ("create", "limits", "rotate", "delete") and before it returns.
+	afterWrite func(op, id string)
+}
+
+func (m *memStore) wrote(op, id string) {
+	if m.afterWrite != nil {
+		m.afterWrite(op, id)
+	}
 }
 
 var _ persist.Store = (*memStore)(nil)
@@ -52,6 +61,9 @@ func (m *memStore) CreateClient(_ context.Context, c messages.Client) error {
 	}
 	c.Version = 1
 	m.clients[c.ID] = c
+	m.mu.Unlock()
+	m.wrote("create", c.ID)
+	m.mu.Lock()
 	return nil
 }
 
@@ -138,6 +150,9 @@ func (m *memStore) UpdateLimits(_ context.Context, id string, l messages.Limits)
 	l.ApplyTo(&c)
 	c.Version++
 	m.clients[id] = c
+	m.mu.Unlock()
+	m.wrote("limits", id)
+	m.mu.Lock()
 	return c, nil
 }
 
@@ -155,6 +170,9 @@ func (m *memStore) RotateKey(_ context.Context, id, key string, h messages.KeyHa
 	c.APIKey, c.KeyHash, c.KeyPrefix = key, h, prefix
 	c.Version++
 	m.clients[id] = c
+	m.mu.Unlock()
+	m.wrote("rotate", id)
+	m.mu.Lock()
 	return old, nil
 }
 
@@ -169,6 +187,9 @@ func (m *memStore) DeleteClient(_ context.Context, id string) (messages.Client, 
 		return c, messages.ErrNotFound
 	}
 	delete(m.clients, id)
+	m.mu.Unlock()
+	m.wrote("delete", id)
+	m.mu.Lock()
 	return c, nil
 }
 

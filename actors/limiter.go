@@ -11,7 +11,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -89,7 +88,7 @@ func NewLimiter(ctx context.Context, cfg LimiterConfig, store persist.Store, log
 		},
 	}
 	l.reqs.New = newAdmitReq
-	l.order.seed = maphash.MakeSeed()
+	l.order = newAdminOrder()
 	for range n {
 		l.shards = append(l.shards, newShard(&l.cfg, l.log))
 	}

@@ -5,7 +5,6 @@ import (
 	"hash/maphash"
 	"math"
 	"math/rand/v2"
-	"sync"
 
 	"github.com/tollgate/tollgate/messages"
 )
@@ -22,17 +21,27 @@ import (
 // adminOrder serialises admin changes per client: a change holds the
 // stripe of its client id across the store write and the shard update.
 // Changes notified by other instances take the same stripe. Admin writes
-// are rare, so a stripe shared by a few clients costs nothing.
+// are rare, so a stripe shared by a few clients costs nothing. A stripe is
+// a channel of buffer 1 rather than a mutex so that tests in synctest
+// bubbles see a waiting change as durably blocked.
 type adminOrder struct {
 	seed    maphash.Seed
-	stripes [64]sync.Mutex
+	stripes [64]chan struct{}
+}
+
+func newAdminOrder() adminOrder {
+	o := adminOrder{seed: maphash.MakeSeed()}
+	for i := range o.stripes {
+		o.stripes[i] = make(chan struct{}, 1)
+	}
+	return o
 }
 
 // lock takes id's stripe and returns its unlock.
 func (o *adminOrder) lock(id string) func() {
-	m := &o.stripes[maphash.String(o.seed, id)%uint64(len(o.stripes))]
-	m.Lock()
-	return m.Unlock
+	c := o.stripes[maphash.String(o.seed, id)%uint64(len(o.stripes))]
+	c <- struct{}{}
+	return func() { <-c }
 }
 
 // tell sends an admin change to s after the store committed it and returns
