@@ -48,7 +48,9 @@ func (c clock) toWall(m int64) time.Time { return c.base().Add(time.Duration(m))
 func (c clock) bucket(cl messages.Client, now int64) bucket {
 	b := newBucket(cl)
 	b.last = min(now, int64(cl.LastRefill.Sub(c.base())))
-	b.stamp = cl.LastRefill.UnixNano()
+	if cl.LastRefill.After(time.Unix(0, 0)) { // UnixNano is undefined far before
+		b.stamp = cl.LastRefill.UnixNano()
+	}
 	return b
 }
 
@@ -56,8 +58,9 @@ func (c clock) bucket(cl messages.Client, now int64) bucket {
 // never before the stamp it was loaded with.
 func (c clock) state(clientID string, b *bucket) messages.BucketState {
 	st := b.state(clientID)
-	if w := c.toWall(b.last); w.UnixNano() > b.stamp {
-		st.LastRefill = w
+	st.LastRefill = c.toWall(b.last)
+	if st.LastRefill.UnixNano() < b.stamp {
+		st.LastRefill = time.Unix(0, b.stamp).UTC()
 	}
 	return st
 }
