@@ -140,3 +140,26 @@ func TestResyncKeepsChangesMadeWhileItReads(t *testing.T) {
 	_, err = l.Admit(ctx, "key-old-0123456789")
 	require.ErrorIs(t, err, messages.ErrUnknownKey, "deleted during the snapshot, still gone")
 }
+
+// A periodic resync (no cache drop) reloads the limits of cached clients,
+// not only keys: a PATCH whose notification was missed still arrives
+// (issue 11 item 6).
+func TestResyncReloadsLimitsOfCachedClients(t *testing.T) {
+	ctx := t.Context()
+	store := newMemStore()
+	require.NoError(t, store.CreateClient(ctx, newClient("c", "key-c-0123456789", 1e-6, 5, time.Now())))
+	l := startLimiter(t, store, LimiterConfig{})
+	for range 2 {
+		_, err := l.Admit(ctx, "key-c-0123456789")
+		require.NoError(t, err)
+	}
+	capacity := int64(50)
+	_, err := store.UpdateLimits(ctx, "c", messages.Limits{Capacity: &capacity})
+	require.NoError(t, err)
+
+	require.NoError(t, l.Resync(ctx, false))
+	d, err := l.Admit(ctx, "key-c-0123456789")
+	require.NoError(t, err)
+	assert.Equal(t, int64(50), d.Limit)
+	assert.Equal(t, int64(2), d.Remaining, "the live bucket kept its tokens")
+}
