@@ -17,9 +17,9 @@ type entry struct {
 	generation int64 // of the client the bucket belongs to
 	version    int64 // of the limits the bucket has
 	b          bucket
-	seen       int64 // last admission, Unix ns; drives time_to_live eviction
+	seen       int64 // last admission, bucket time; drives time_to_live eviction
 	dirty      bool  // changed since the persister last collected it
-	// handed is the last refill (Unix ns) of the state the persister
+	// handed is the last_refill (wall Unix ns) of the state the persister
 	// collected and has not yet confirmed saved; 0 when none is.
 	handed int64
 }
