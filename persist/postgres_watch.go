@@ -108,8 +108,9 @@ func (p *Postgres) listen(ctx context.Context, reconnected bool, resyncEvery tim
 // listenCheck is how long the listener waits for a notification before it
 // checks its connection, and how long that check may take: a connection
 // that died silently (a half-open TCP connection) is noticed within about
-// two of these, not when TCP keepalive gives up minutes later.
-const listenCheck = time.Second
+// two of these, a second (SPEC 6), not when TCP keepalive gives up
+// minutes later.
+const listenCheck = 500 * time.Millisecond
 
 // wait handles one notification, or checks the connection when none came
 // within listenCheck.
