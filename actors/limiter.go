@@ -191,13 +191,17 @@ func (l *Limiter) Admit(ctx context.Context, apiKey string) (messages.Decision, 
 		return messages.Decision{}, err
 	}
 	var rep admitReply
-	select {
-	case rep = <-r.reply:
-	case <-ctx.Done():
-		if r.abandon() {
-			return messages.Decision{}, ctx.Err() // r stays with the shard
+	if done := ctx.Done(); done == nil {
+		rep = <-r.reply // nothing to watch: a plain receive is cheaper
+	} else {
+		select {
+		case rep = <-r.reply:
+		case <-done:
+			if r.abandon() {
+				return messages.Decision{}, ctx.Err() // r stays with the shard
+			}
+			rep = <-r.reply // the shard took it: its answer is on the way
 		}
-		rep = <-r.reply // the shard took it: its answer is on the way
 	}
 	var err error
 	switch {
