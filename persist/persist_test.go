@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -96,4 +97,16 @@ func FuzzDecodeRecord(f *testing.F) {
 		c.RatePerSec, c.Tokens, again.RatePerSec, again.Tokens = 0, 0, 0, 0
 		assert.Equal(t, c, again, "a decoded record survives a round trip")
 	})
+}
+
+// No statement_timeout startup parameter: PgBouncer refuses unknown ones,
+// and it would cap migrations too (issue 11 item 8). Statements are bounded
+// by their contexts instead.
+func TestPoolSetsNoStatementTimeoutStartupParameter(t *testing.T) {
+	const dsn = "postgres://u@127.0.0.1:5432/db"
+	cfg, err := pgxpool.ParseConfig(dsn)
+	require.NoError(t, err)
+	tune(cfg, dsn)
+	assert.NotContains(t, cfg.ConnConfig.RuntimeParams, "statement_timeout")
+	assert.Equal(t, "tollgate", cfg.ConnConfig.RuntimeParams["application_name"])
 }
