@@ -241,3 +241,27 @@ func TestCommittedAdminWriteSucceedsAfterTheShardsStopped(t *testing.T) {
 		})
 	}
 }
+
+// Item 2 end to end: the persister saving all the time (1 ms interval)
+// is stopped at a random moment, 40 times; the final flush always saves
+// the admitted token.
+func TestShutdownAtAnyMomentOfASaveFlushesEveryToken(t *testing.T) {
+	for run := range 40 {
+		store := newMemStore()
+		l := startLimiter(t, store, LimiterConfig{Shards: 2})
+		_, err := l.CreateClient(t.Context(), newClient("c", regKey, 1e-9, 10, time.Now()))
+		require.NoError(t, err)
+		p := NewPersister(PersisterConfig{Interval: time.Millisecond}, l, store, discard)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		_, err = l.Admit(t.Context(), regKey)
+		require.NoError(t, err)
+		// Not a wait for anything: it moves the stop to a different moment
+		// of the save cycle each run.
+		time.Sleep(time.Duration(run%7) * 100 * time.Microsecond)
+		cancel()
+		require.NoError(t, <-done)
+		require.InDelta(t, 9, store.get("c").Tokens, 1e-6, "run %d", run)
+	}
+}
