@@ -129,22 +129,23 @@ func (b *Bolt) ListClients(_ context.Context, after string, limit int) ([]messag
 	return cs, nil
 }
 
-// KeyRefs implements Store.
+// KeyRefs implements Store. It reads the fixed fields of each record in
+// id order, a sequential scan: start-up reads every client. Every write
+// keeps a record's key hash and the "keys" bucket in step.
 func (b *Bolt) KeyRefs(context.Context) ([]messages.KeyRef, error) {
 	refs := []messages.KeyRef{}
-	err := b.view(func(clients, keys *bolt.Bucket) error {
-		return keys.ForEach(func(h, id []byte) error {
-			ref := messages.KeyRef{ClientID: string(id)}
-			if copy(ref.KeyHash[:], h) != len(ref.KeyHash) {
-				return fmt.Errorf("key of client %q: %w", id, errCorrupt)
+	err := b.view(func(clients, _ *bolt.Bucket) error {
+		if n := clients.Stats().KeyN; n > 0 {
+			refs = make([]messages.KeyRef, 0, n)
+		}
+		return clients.ForEach(func(id, v []byte) error {
+			if !validRecord(v) {
+				return fmt.Errorf("client %q: %w", id, errCorrupt)
 			}
-			// The fixed fields only: start-up reads every client.
-			v := clients.Get(id)
-			if v == nil || !validRecord(v) {
-				return fmt.Errorf("key index names client %q: %w", id, errCorrupt)
-			}
-			ref.RatePerSec, ref.Capacity = recordRate(v), recordCapacity(v)
-			ref.Generation, ref.Version = recordGeneration(v), recordVersion(v)
+			ref := messages.KeyRef{ClientID: string(id),
+				RatePerSec: recordRate(v), Capacity: recordCapacity(v),
+				Generation: recordGeneration(v), Version: recordVersion(v)}
+			copy(ref.KeyHash[:], v[offHash:fixedLen])
 			refs = append(refs, ref)
 			return nil
 		})
