@@ -11,14 +11,16 @@ import (
 // the time passed in, so the math is tested with explicit instants; the
 // shard that owns a bucket is the only one to touch it.
 //
-// Times are Unix nanoseconds of the wall clock, not time.Time: a bucket
-// outlives the process (it is saved and resumed), and 8 bytes beat 24 for
-// a structure kept once per cached client.
+// Times are nanoseconds of bucket time (see clock), not time.Time: 8 bytes
+// beat 24 for a structure kept once per cached client.
 type bucket struct {
 	rate     float64 // tokens per second, > 0
 	capacity int64   // >= 1
 	tokens   float64 // 0 <= tokens <= capacity
 	last     int64   // when tokens was last brought up to date
+	// stamp is the Unix ns of the stored last_refill the bucket was loaded
+	// from: its saved states never carry an earlier one (see clock.state).
+	stamp int64
 }
 
 // refill brings tokens up to now. A clock that went backwards adds nothing
@@ -76,12 +78,14 @@ func (b *bucket) decision(allowed bool) messages.Decision {
 	return d
 }
 
-// state is the bucket as a saved BucketState.
+// state is the bucket as a saved BucketState, its bucket time taken for
+// wall-clock time (clock.state converts).
 func (b *bucket) state(clientID string) messages.BucketState {
 	return messages.BucketState{ClientID: clientID, Tokens: b.tokens, LastRefill: time.Unix(0, b.last).UTC()}
 }
 
-// newBucket makes a bucket from a stored client, as of its last refill.
+// newBucket makes a bucket from a stored client, as of its last refill
+// taken for bucket time; clock.bucket converts.
 func newBucket(c messages.Client) bucket {
 	b := bucket{rate: c.RatePerSec, capacity: c.Capacity, tokens: c.Tokens, last: c.LastRefill.UnixNano()}
 	// Written so that NaN, which min and max propagate and which would

@@ -26,6 +26,15 @@ type memStore struct {
 	// afterKeyRefs runs once KeyRefs has taken its snapshot, before it
 	// returns: changes it makes are missing from that snapshot.
 	afterKeyRefs func()
+	// afterWrite, when set, runs after each successful admin write
+	// ("create", "limits", "rotate", "delete") and before it returns.
+	afterWrite func(op, id string)
+}
+
+func (m *memStore) wrote(op, id string) {
+	if m.afterWrite != nil {
+		m.afterWrite(op, id)
+	}
 }
 
 var _ persist.Store = (*memStore)(nil)
@@ -50,7 +59,11 @@ func (m *memStore) CreateClient(_ context.Context, c messages.Client) error {
 			return messages.ErrConflict
 		}
 	}
+	c.Version = 1
 	m.clients[c.ID] = c
+	m.mu.Unlock()
+	m.wrote("create", c.ID)
+	m.mu.Lock()
 	return nil
 }
 
@@ -113,7 +126,8 @@ func (m *memStore) KeyRefs(context.Context) ([]messages.KeyRef, error) {
 	defer m.mu.Unlock()
 	var refs []messages.KeyRef
 	for _, c := range m.clients {
-		refs = append(refs, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash})
+		refs = append(refs, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash,
+			RatePerSec: c.RatePerSec, Capacity: c.Capacity, Generation: c.Generation, Version: c.Version})
 	}
 	if m.afterKeyRefs != nil {
 		m.mu.Unlock()
@@ -134,7 +148,11 @@ func (m *memStore) UpdateLimits(_ context.Context, id string, l messages.Limits)
 		return c, messages.ErrNotFound
 	}
 	l.ApplyTo(&c)
+	c.Version++
 	m.clients[id] = c
+	m.mu.Unlock()
+	m.wrote("limits", id)
+	m.mu.Lock()
 	return c, nil
 }
 
@@ -150,7 +168,11 @@ func (m *memStore) RotateKey(_ context.Context, id, key string, h messages.KeyHa
 	}
 	c := old
 	c.APIKey, c.KeyHash, c.KeyPrefix = key, h, prefix
+	c.Version++
 	m.clients[id] = c
+	m.mu.Unlock()
+	m.wrote("rotate", id)
+	m.mu.Lock()
 	return old, nil
 }
 
@@ -165,6 +187,9 @@ func (m *memStore) DeleteClient(_ context.Context, id string) (messages.Client, 
 		return c, messages.ErrNotFound
 	}
 	delete(m.clients, id)
+	m.mu.Unlock()
+	m.wrote("delete", id)
+	m.mu.Lock()
 	return c, nil
 }
 
@@ -179,8 +204,8 @@ func (m *memStore) SaveStates(_ context.Context, states []messages.BucketState) 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, st := range states {
-		if c, ok := m.clients[st.ClientID]; ok {
-			c.Tokens, c.LastRefill = st.Tokens, st.LastRefill
+		if c, ok := m.clients[st.ClientID]; ok && c.Generation == st.Generation && !c.LastRefill.After(st.LastRefill) {
+			c.Tokens, c.LastRefill = min(st.Tokens, float64(c.Capacity)), st.LastRefill
 			m.clients[st.ClientID] = c
 		}
 	}

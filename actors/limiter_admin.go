@@ -2,29 +2,74 @@ package actors
 
 import (
 	"context"
-	"time"
+	"hash/maphash"
+	"math"
+	"math/rand/v2"
 
 	"github.com/tollgate/tollgate/messages"
 )
 
-// The admin methods write to the store first and tell the shard after, so
-// a failed write (messages.ErrUnavailable, ErrConflict, ErrNotFound)
-// changes nothing. Once the store has the change, the shard is told even
-// if the caller has gone away: otherwise the key index would lag the store.
+// The admin methods write to the store first and tell the shards after,
+// so a failed write (messages.ErrUnavailable, ErrConflict, ErrNotFound)
+// changes nothing. Each holds its client's place in adminOrder from before
+// the write until the shards have the change, so two changes to one client
+// reach the shards in the order the store committed them. Once the store
+// has a change, the shards are told even if the caller has gone away, and
+// the change is reported as made even if the shards have stopped (the
+// process is stopping: its cache goes with it).
+
+// adminOrder serialises admin changes per client: a change holds the
+// stripe of its client id across the store write and the shard update.
+// Changes notified by other instances take the same stripe. Admin writes
+// are rare, so a stripe shared by a few clients costs nothing. A stripe is
+// a channel of buffer 1 rather than a mutex so that tests in synctest
+// bubbles see a waiting change as durably blocked.
+type adminOrder struct {
+	seed    maphash.Seed
+	stripes [64]chan struct{}
+}
+
+func newAdminOrder() adminOrder {
+	o := adminOrder{seed: maphash.MakeSeed()}
+	for i := range o.stripes {
+		o.stripes[i] = make(chan struct{}, 1)
+	}
+	return o
+}
+
+// lock takes id's stripe and returns its unlock.
+func (o *adminOrder) lock(id string) func() {
+	c := o.stripes[maphash.String(o.seed, id)%uint64(len(o.stripes))]
+	c <- struct{}{}
+	return func() { <-c }
+}
+
+// tell sends an admin change to s after the store committed it and returns
+// the shard's reply; a stopped shard is no error (see above).
+func tell[R any](ctx context.Context, s *shard, msg any, reply chan R) R {
+	rep, _ := ask(context.WithoutCancel(ctx), s, msg, reply)
+	return rep
+}
+
+// newGeneration picks a client's generation: random, so instances sharing
+// a store need not coordinate, and never 0, the generation of clients
+// stored before generations existed.
+func newGeneration() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 
 // CreateClient stores c and indexes its key, caching a full bucket so its
 // first request needs no load. With HashAPIKeys the store gets no clear
 // key; the returned client still carries it, for the one answer that
 // shows it.
 func (l *Limiter) CreateClient(ctx context.Context, c messages.Client) (messages.Client, error) {
+	c.Generation, c.Version = newGeneration(), 1
 	stored := l.atRest(c)
+	defer l.order.lock(c.ID)()
 	if err := l.store.CreateClient(ctx, stored); err != nil {
 		return messages.Client{}, err
 	}
-	s := l.shardFor(c.KeyHash)
-	reply := make(chan struct{}, 1)
-	_, err := ask(context.WithoutCancel(ctx), s, &installMsg{client: stored, b: newBucket(stored), reply: reply}, reply)
-	return c, err
+	reply := make(chan peekReply, 1)
+	tell(ctx, l.shardFor(c.KeyHash), &syncMsg{client: stored, fresh: true, reply: reply}, reply)
+	return c, nil
 }
 
 // GetClient returns the client with its bucket as of now.
@@ -50,31 +95,32 @@ func (l *Limiter) ListClients(ctx context.Context, after string, limit int) ([]m
 	return cs, nil
 }
 
-// UpdateLimits changes a client's rate and/or capacity, live: a cached
-// bucket keeps the tokens it earned and clamps them to the new capacity.
+// UpdateLimits changes a client's rate and/or capacity, live: the bucket,
+// cached or not, refills at the old rate up to now, then takes the new
+// limits, its tokens clamped to the new capacity.
 func (l *Limiter) UpdateLimits(ctx context.Context, id string, lim messages.Limits) (messages.Client, error) {
+	defer l.order.lock(id)()
+	lim.At = l.cfg.clk.toWall(l.cfg.clk.now())
 	c, err := l.store.UpdateLimits(ctx, id, lim)
 	if err != nil {
 		return messages.Client{}, err
 	}
 	reply := make(chan peekReply, 1)
-	rep, err := ask(context.WithoutCancel(ctx), l.shardFor(c.KeyHash), &limitsMsg{hash: c.KeyHash, limits: lim, reply: reply}, reply)
-	if err != nil {
-		return messages.Client{}, err
-	}
-	return withBucket(c, rep, time.Now()), nil
+	rep := tell(ctx, l.shardFor(c.KeyHash), &syncMsg{client: c, reply: reply}, reply)
+	return l.shown(l.withBucket(c, rep)), nil
 }
 
 // DeleteClient removes a client; its key is refused from the next request
 // on, and its bucket is never written back.
 func (l *Limiter) DeleteClient(ctx context.Context, id string) error {
+	defer l.order.lock(id)()
 	c, err := l.store.DeleteClient(ctx, id)
 	if err != nil {
 		return err
 	}
 	reply := make(chan peekReply, 1)
-	_, err = ask(context.WithoutCancel(ctx), l.shardFor(c.KeyHash), &removeMsg{hash: c.KeyHash, clientID: c.ID, deleted: true, reply: reply}, reply)
-	return err
+	tell(ctx, l.shardFor(c.KeyHash), &removeMsg{hash: c.KeyHash, clientID: c.ID, deleted: true, reply: reply}, reply)
+	return nil
 }
 
 // RotateKey gives a client newKey. The old key is refused from the next
@@ -83,27 +129,19 @@ func (l *Limiter) DeleteClient(ctx context.Context, id string) error {
 func (l *Limiter) RotateKey(ctx context.Context, id, newKey string) (messages.Client, error) {
 	next := messages.Client{APIKey: newKey, KeyHash: messages.HashKey(newKey), KeyPrefix: messages.KeyPrefix(newKey)}
 	stored := l.atRest(next)
+	defer l.order.lock(id)()
 	old, err := l.store.RotateKey(ctx, id, stored.APIKey, stored.KeyHash, stored.KeyPrefix)
-	if err != nil {
-		return messages.Client{}, err
-	}
-	ctx = context.WithoutCancel(ctx)
-	reply := make(chan peekReply, 1)
-	rep, err := ask(ctx, l.shardFor(old.KeyHash), &removeMsg{hash: old.KeyHash, clientID: old.ID, reply: reply}, reply)
 	if err != nil {
 		return messages.Client{}, err
 	}
 	c := old
 	c.APIKey, c.KeyHash, c.KeyPrefix = stored.APIKey, stored.KeyHash, stored.KeyPrefix
-	b := newBucket(c)
-	if rep.cached {
-		b = rep.b
-	}
-	done := make(chan struct{}, 1)
-	if _, err := ask(ctx, l.shardFor(c.KeyHash), &installMsg{client: c, b: b, dirty: rep.cached, reply: done}, done); err != nil {
-		return messages.Client{}, err
-	}
-	c = withBucket(c, peekReply{b: b, cached: true}, time.Now())
+	c.Version = old.Version + 1
+	removed := make(chan peekReply, 1)
+	moved := tell(ctx, l.shardFor(old.KeyHash), &removeMsg{hash: old.KeyHash, clientID: old.ID, reply: removed}, removed)
+	reply := make(chan peekReply, 1)
+	rep := tell(ctx, l.shardFor(c.KeyHash), &syncMsg{client: c, moved: moved, fresh: true, reply: reply}, reply)
+	c = l.withBucket(c, rep)
 	c.APIKey = newKey
 	return c, nil
 }
@@ -119,19 +157,30 @@ func (l *Limiter) live(ctx context.Context, c messages.Client) (messages.Client,
 	if err != nil {
 		return messages.Client{}, err
 	}
-	return withBucket(c, rep, time.Now()), nil
+	return l.shown(l.withBucket(c, rep)), nil
 }
 
-// withBucket returns c with the live bucket of rep, or its stored bucket,
-// refilled to now.
-func withBucket(c messages.Client, rep peekReply, now time.Time) messages.Client {
+// withBucket returns c with the live bucket of rep, when it is of c's
+// generation, or else its stored bucket, refilled to now.
+func (l *Limiter) withBucket(c messages.Client, rep peekReply) messages.Client {
+	now := l.cfg.clk.now()
 	b := rep.b
-	if !rep.cached {
-		b = newBucket(c)
+	if !rep.cached || rep.generation != c.Generation {
+		b = l.cfg.clk.bucket(c, now)
 	}
-	b.refill(now.UnixNano())
-	c.RatePerSec, c.Capacity, c.Tokens = b.rate, b.capacity, b.tokens
-	c.LastRefill = time.Unix(0, b.last).UTC()
+	b.refill(now)
+	st := l.cfg.clk.state(c.ID, &b)
+	c.RatePerSec, c.Capacity, c.Tokens, c.LastRefill = b.rate, b.capacity, st.Tokens, st.LastRefill
+	return c
+}
+
+// shown is c as admin answers other than create and rotate-key show it:
+// with HashAPIKeys, never with its key in clear, whatever the store holds
+// (SPEC 4); the answer then carries the key's prefix.
+func (l *Limiter) shown(c messages.Client) messages.Client {
+	if l.cfg.hashAPIKeys {
+		c.APIKey = ""
+	}
 	return c
 }
 

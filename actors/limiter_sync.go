@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/tollgate/tollgate/messages"
@@ -9,46 +10,50 @@ import (
 
 // ApplyChange brings this instance up to date with an admin change made on
 // any instance sharing the store, as the store's notifications report it.
-// Changes this instance made itself come back too; applying them again is
-// harmless, and a bucket already cached here is never replaced by an echo.
+// It does not apply the notification's values: under the client's place
+// in adminOrder it reads the client as the store has it now and applies
+// that, so a notification overtaken by later changes (this instance's own,
+// or the echo of one it applied already) never takes the cache back to an
+// older state. The notification says which keys the client may still be
+// held under here.
 func (l *Limiter) ApplyChange(ctx context.Context, ch messages.Change) error {
-	switch {
-	case ch.Resync:
+	if ch.Resync {
 		return l.Resync(ctx, ch.DropCache)
-	case ch.Deleted:
-		reply := make(chan peekReply, 1)
-		_, err := ask(ctx, l.shardFor(ch.KeyHash), &removeMsg{hash: ch.KeyHash, clientID: ch.ClientID, deleted: true, reply: reply}, reply)
-		return err
 	}
-	c := messages.Client{ID: ch.ClientID, KeyHash: ch.KeyHash, RatePerSec: ch.RatePerSec, Capacity: ch.Capacity}
-	install := &installMsg{client: c, indexOnly: true, reply: make(chan struct{}, 1)}
-	if ch.OldKeyHash != (messages.KeyHash{}) && ch.OldKeyHash != ch.KeyHash {
-		// A rotation: the bucket, if cached here, moves to the new key.
+	defer l.order.lock(ch.ClientID)()
+	c, err := l.store.GetClient(ctx, ch.ClientID)
+	gone := errors.Is(err, messages.ErrNotFound)
+	if err != nil && !gone {
+		return fmt.Errorf("actors: apply change of %q: %w", ch.ClientID, err)
+	}
+	var moved peekReply
+	for _, h := range []messages.KeyHash{ch.KeyHash, ch.OldKeyHash} {
+		if h == (messages.KeyHash{}) || (!gone && h == c.KeyHash) {
+			continue
+		}
 		reply := make(chan peekReply, 1)
-		rep, err := ask(ctx, l.shardFor(ch.OldKeyHash), &removeMsg{hash: ch.OldKeyHash, clientID: ch.ClientID, reply: reply}, reply)
+		rep, err := ask(ctx, l.shardFor(h), &removeMsg{hash: h, clientID: ch.ClientID, deleted: gone, reply: reply}, reply)
 		if err != nil {
 			return err
 		}
-		if rep.cached {
-			install = &installMsg{client: c, b: rep.b, dirty: true, keepCached: true, reply: install.reply}
+		if rep.cached && !gone && rep.generation == c.Generation {
+			moved = rep
 		}
 	}
-	s := l.shardFor(ch.KeyHash)
-	if _, err := ask(ctx, s, install, install.reply); err != nil {
-		return err
+	if gone {
+		return nil
 	}
-	// Limits apply to a cached bucket at once; an uncached one loads them.
-	rate, capacity := ch.RatePerSec, ch.Capacity
 	reply := make(chan peekReply, 1)
-	_, err := ask(ctx, s, &limitsMsg{hash: ch.KeyHash, limits: messages.Limits{RatePerSec: &rate, Capacity: &capacity}, reply: reply}, reply)
+	_, err = ask(ctx, l.shardFor(c.KeyHash), &syncMsg{client: c, moved: moved, reply: reply}, reply)
 	return err
 }
 
-// Resync reloads the key index from the store, for when change
-// notifications may have been missed. Keys indexed or dropped while the
-// snapshot was read stay as they are. With dropCache, cached clients are
+// Resync reloads the key index, and the limits of cached clients, from the
+// store, for when change notifications may have been missed. Keys indexed
+// or dropped while the snapshot was read stay as they are; limits apply
+// only when newer than the cached ones. With dropCache, cached clients are
 // dropped too (their state kept for the persister) and reload on their
-// next request, picking up limits changed meanwhile.
+// next request.
 func (l *Limiter) Resync(ctx context.Context, dropCache bool) error {
 	for _, s := range l.shards {
 		reply := make(chan struct{}, 1)
@@ -61,14 +66,14 @@ func (l *Limiter) Resync(ctx context.Context, dropCache bool) error {
 		// The marks stay: the next resync replaces them.
 		return fmt.Errorf("actors: resync key index: %w", err)
 	}
-	fps := make([][]uint64, len(l.shards))
+	byShard := make([][]messages.KeyRef, len(l.shards))
 	for _, r := range refs {
 		i := r.KeyHash.Fingerprint() % uint64(len(l.shards))
-		fps[i] = append(fps[i], r.KeyHash.Fingerprint())
+		byShard[i] = append(byShard[i], r)
 	}
 	for i, s := range l.shards {
 		reply := make(chan struct{}, 1)
-		if _, err := ask(ctx, s, &replaceIndexMsg{fps: fps[i], dropCache: dropCache, reply: reply}, reply); err != nil {
+		if _, err := ask(ctx, s, &replaceIndexMsg{refs: byShard[i], dropCache: dropCache, reply: reply}, reply); err != nil {
 			return err
 		}
 	}

@@ -33,7 +33,9 @@ func TestApplyChangeFromAnotherInstance(t *testing.T) {
 	assert.Equal(t, int64(4), d.Remaining)
 
 	// Limits changed elsewhere apply to the cached bucket at once.
-	c.Capacity = 2
+	capacity := int64(2)
+	c, err = store.UpdateLimits(ctx, "c", messages.Limits{Capacity: &capacity})
+	require.NoError(t, err)
 	require.NoError(t, l.ApplyChange(ctx, changeOf(c)))
 	d, err = l.Admit(ctx, "key-c-0123456789")
 	require.NoError(t, err)
@@ -43,6 +45,8 @@ func TestApplyChangeFromAnotherInstance(t *testing.T) {
 	// Rotated elsewhere: the old key stops, the bucket moves.
 	rotated := c
 	rotated.KeyHash = messages.HashKey("key-c2-0123456789")
+	_, err = store.RotateKey(ctx, "c", "key-c2-0123456789", rotated.KeyHash, "key-c2")
+	require.NoError(t, err)
 	ch := changeOf(rotated)
 	ch.OldKeyHash = c.KeyHash
 	require.NoError(t, l.ApplyChange(ctx, ch))
@@ -53,6 +57,8 @@ func TestApplyChangeFromAnotherInstance(t *testing.T) {
 	assert.Equal(t, int64(0), d.Remaining, "the bucket carried over")
 
 	// Deleted elsewhere: refused at once.
+	_, err = store.DeleteClient(ctx, "c")
+	require.NoError(t, err)
 	require.NoError(t, l.ApplyChange(ctx, messages.Change{Deleted: true, ClientID: "c", KeyHash: rotated.KeyHash}))
 	_, err = l.Admit(ctx, "key-c2-0123456789")
 	require.ErrorIs(t, err, messages.ErrUnknownKey)
@@ -133,4 +139,27 @@ func TestResyncKeepsChangesMadeWhileItReads(t *testing.T) {
 	require.NoError(t, err, "created during the snapshot, still indexed")
 	_, err = l.Admit(ctx, "key-old-0123456789")
 	require.ErrorIs(t, err, messages.ErrUnknownKey, "deleted during the snapshot, still gone")
+}
+
+// A periodic resync (no cache drop) reloads the limits of cached clients,
+// not only keys: a PATCH whose notification was missed still arrives
+// (issue 11 item 6).
+func TestResyncReloadsLimitsOfCachedClients(t *testing.T) {
+	ctx := t.Context()
+	store := newMemStore()
+	require.NoError(t, store.CreateClient(ctx, newClient("c", "key-c-0123456789", 1e-6, 5, time.Now())))
+	l := startLimiter(t, store, LimiterConfig{})
+	for range 2 {
+		_, err := l.Admit(ctx, "key-c-0123456789")
+		require.NoError(t, err)
+	}
+	capacity := int64(50)
+	_, err := store.UpdateLimits(ctx, "c", messages.Limits{Capacity: &capacity})
+	require.NoError(t, err)
+
+	require.NoError(t, l.Resync(ctx, false))
+	d, err := l.Admit(ctx, "key-c-0123456789")
+	require.NoError(t, err)
+	assert.Equal(t, int64(50), d.Limit)
+	assert.Equal(t, int64(2), d.Remaining, "the live bucket kept its tokens")
 }

@@ -119,8 +119,12 @@ func (p *Persister) Flush(ctx context.Context) error {
 // save merges what the shards changed into pending and writes it all. A
 // deleted client's pending state is dropped before states are merged, so
 // a client deleted and created again keeps its new state.
+//
+// Collect and Saved do not follow ctx: once a shard has handed its states
+// over (and cleared them), they must reach pending, or a shutdown during
+// the collect would lose them; the shards answer at once, or ErrStopped.
 func (p *Persister) save(ctx context.Context) error {
-	states, deleted, cerr := p.src.Collect(ctx)
+	states, deleted, cerr := p.src.Collect(context.WithoutCancel(ctx))
 	for _, id := range deleted {
 		delete(p.pending, id)
 	}
@@ -142,7 +146,7 @@ func (p *Persister) save(ctx context.Context) error {
 		}
 		p.log.Debug("states saved", "count", len(batch))
 		clear(p.pending)
-		if err := p.src.Saved(ctx, batch); err != nil {
+		if err := p.src.Saved(context.WithoutCancel(ctx), batch); err != nil {
 			return err
 		}
 	}

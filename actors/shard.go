@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/tollgate/tollgate/messages"
 )
@@ -14,11 +13,13 @@ import (
 // entry is a cached client: its bucket and bookkeeping. Entries are pooled
 // because a busy gateway caches and evicts clients all day.
 type entry struct {
-	clientID string
-	b        bucket
-	seen     int64 // last admission, Unix ns; drives time_to_live eviction
-	dirty    bool  // changed since the persister last collected it
-	// handed is the last refill (Unix ns) of the state the persister
+	clientID   string
+	generation int64 // of the client the bucket belongs to
+	version    int64 // of the limits the bucket has
+	b          bucket
+	seen       int64 // last admission, bucket time; drives time_to_live eviction
+	dirty      bool  // changed since the persister last collected it
+	// handed is the last_refill (wall Unix ns) of the state the persister
 	// collected and has not yet confirmed saved; 0 when none is.
 	handed int64
 }
@@ -27,7 +28,7 @@ var entryPool = sync.Pool{New: func() any { return new(entry) }}
 
 func newEntry(c messages.Client, b bucket, now int64) *entry {
 	e := entryPool.Get().(*entry)
-	*e = entry{clientID: c.ID, b: b, seen: now}
+	*e = entry{clientID: c.ID, generation: c.Generation, version: c.Version, b: b, seen: now}
 	return e
 }
 
@@ -35,31 +36,6 @@ func freeEntry(e *entry) {
 	*e = entry{}
 	entryPool.Put(e)
 }
-
-// admitReq asks a shard to admit one request. It carries its own reply
-// channel, buffered for the two answers a request may get ("queued", then
-// the decision; hence 2, not the usual 1), so the shard never blocks on a
-// caller that gave up;
-// requests are pooled and go back to the pool only once their last reply
-// has been received.
-type admitReq struct {
-	hash  messages.KeyHash
-	now   int64
-	reply chan admitReply
-}
-
-type admitReply struct {
-	d   messages.Decision
-	err error
-	// load tells the caller it is the first to ask for an indexed but
-	// uncached key: it must load the client and report with loadDone.
-	load bool
-	// queued tells the caller that another request is loading its client:
-	// the decision follows when the load is done.
-	queued bool
-}
-
-func newAdmitReq() any { return &admitReq{reply: make(chan admitReply, 2)} }
 
 // Control messages: admin changes, loads and persistence. Each carries
 // what it needs and, where the caller waits, a reply channel of buffer 1.
@@ -71,24 +47,18 @@ type (
 		err    error
 		loader *admitReq // answered like the waiters
 	}
-	// installMsg indexes a client and caches its bucket (create, rotate).
-	installMsg struct {
+	// syncMsg brings the key of client, as the store has it now, up to
+	// date here: it indexes the key and applies the client's limits, when
+	// newer, to the bucket cached, evicted or being loaded under it.
+	syncMsg struct {
 		client messages.Client
-		b      bucket
-		dirty  bool // the bucket carries state not yet saved
-		// indexOnly indexes the key without caching a bucket: the first
-		// request loads it (a client created on another instance).
-		indexOnly bool
-		// keepCached leaves an already cached bucket as it is (the echo of
-		// this instance's own change, arriving after it).
-		keepCached bool
-		reply      chan struct{}
-	}
-	// limitsMsg applies a PATCH to the cached bucket, if any.
-	limitsMsg struct {
-		hash   messages.KeyHash
-		limits messages.Limits
-		reply  chan peekReply
+		// moved is the bucket the client had under its previous key (a
+		// rotation): it moves to the new key, keeping its tokens.
+		moved peekReply
+		// fresh caches a full bucket from the row when none is cached (a
+		// create made here), so the first request needs no load.
+		fresh bool
+		reply chan peekReply
 	}
 	// removeMsg drops a key from the index and the cache (delete, the
 	// old key of a rotation) and returns the live bucket, if cached.
@@ -109,13 +79,13 @@ type (
 		reply chan struct{}
 	}
 	// replaceIndexMsg ends a resync with the store's snapshot of this
-	// shard's fingerprints.
+	// shard's keys and their limits.
 	replaceIndexMsg struct {
-		fps       []uint64
+		refs      []messages.KeyRef
 		dropCache bool
 		reply     chan struct{}
 	}
-	// refillTick and sweepTick carry the clock's time (Unix ns) for
+	// refillTick and sweepTick carry the clock's bucket time for
 	// refillAll and sweep. Nobody waits for them.
 	refillTick int64
 	sweepTick  int64
@@ -126,9 +96,12 @@ type (
 	}
 )
 
+// peekReply is a bucket as a shard has it, cached or evicted.
 type peekReply struct {
-	b      bucket
-	cached bool
+	b          bucket
+	cached     bool
+	generation int64
+	version    int64
 }
 
 type collected struct {
@@ -139,7 +112,7 @@ type collected struct {
 // pendingLoad gathers the requests waiting for one key's store load.
 type pendingLoad struct {
 	waiters []*admitReq
-	limits  []messages.Limits // PATCHes that arrived during the load
+	updates []messages.Client // admin changes that arrived during the load
 	removed bool              // deleted or rotated away during the load
 }
 
@@ -178,46 +151,6 @@ func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
 	}
 }
 
-// enqueue puts r on s's admission queue. Once it returns nil, r will be
-// answered: by the loop, or with ErrStopped by whoever drains the queue of
-// a stopped shard.
-func (s *shard) enqueue(ctx context.Context, r *admitReq) error {
-	select {
-	case s.admitc <- r:
-	default:
-		select {
-		case s.admitc <- r:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.done:
-			return messages.ErrStopped
-		}
-	}
-	// The shard closes done before its last drain. If done is still open,
-	// that drain comes after this send and answers r; if it is closed, the
-	// drain may be over, so this caller drains: any request it takes gets
-	// ErrStopped, and r has been taken by someone who answers it.
-	select {
-	case <-s.done:
-		s.drainStopped()
-	default:
-	}
-	return nil
-}
-
-// drainStopped answers every queued admission with ErrStopped. It runs
-// after done is closed, in the shard and in late senders.
-func (s *shard) drainStopped() {
-	for {
-		select {
-		case r := <-s.admitc:
-			r.reply <- admitReply{err: messages.ErrStopped}
-		default:
-			return
-		}
-	}
-}
-
 // run is the shard's loop. It returns nil when ctx is cancelled; requests
 // still queued then get ErrStopped, and callers waiting for a load get it
 // through done.
@@ -239,50 +172,6 @@ func (s *shard) run(ctx context.Context) error {
 	}
 }
 
-// drainAdmits answers the admissions already queued without going back
-// through the loop's select, whose cost under load would otherwise be paid
-// once per request. It is bounded so ticks and control messages still get
-// their turn.
-func (s *shard) drainAdmits() {
-	for range cap(s.admitc) {
-		select {
-		case r := <-s.admitc:
-			s.admit(r)
-		default:
-			return
-		}
-	}
-}
-
-func (s *shard) admit(r *admitReq) {
-	if e, ok := s.cache[r.hash]; ok {
-		r.reply <- s.take(e, r.now)
-		return
-	}
-	if _, ok := s.index[r.hash.Fingerprint()]; !ok {
-		r.reply <- admitReply{err: messages.ErrUnknownKey}
-		return
-	}
-	if p, ok := s.loading[r.hash]; ok {
-		p.waiters = append(p.waiters, r)
-		r.reply <- admitReply{queued: true}
-		return
-	}
-	s.loading[r.hash] = &pendingLoad{}
-	r.reply <- admitReply{load: true}
-}
-
-func (s *shard) take(e *entry, now int64) admitReply {
-	ok := e.b.take(now)
-	if ok {
-		e.dirty = true
-	}
-	e.seen = max(e.seen, now)
-	d := e.b.decision(ok)
-	d.ClientID = e.clientID
-	return admitReply{d: d}
-}
-
 func (s *shard) control(m any) {
 	switch m := m.(type) {
 	case refillTick:
@@ -291,29 +180,18 @@ func (s *shard) control(m any) {
 		s.sweep(int64(m))
 	case *loadDone:
 		s.loaded(m)
-	case *installMsg:
-		s.installMsg(m)
-		m.reply <- struct{}{}
+	case *syncMsg:
+		m.reply <- s.sync(m)
 	case *markMsg:
 		s.touched = make(map[uint64]struct{})
 		m.reply <- struct{}{}
 	case *replaceIndexMsg:
 		s.replaceIndex(m)
 		m.reply <- struct{}{}
-	case *limitsMsg:
-		s.setLimits(m)
 	case *removeMsg:
 		m.reply <- s.remove(m)
 	case *peekMsg:
-		var rep peekReply
-		if e, ok := s.cache[m.hash]; ok {
-			e.b.refill(time.Now().UnixNano())
-			rep = peekReply{b: e.b, cached: true}
-		} else if ev, ok := s.evicted[m.hash]; ok {
-			ev.b.refill(time.Now().UnixNano())
-			rep = peekReply{b: ev.b, cached: true}
-		}
-		m.reply <- rep
+		m.reply <- s.peek(m.hash)
 	case *collectMsg:
 		m.reply <- s.collect()
 	case *savedMsg:
@@ -322,156 +200,6 @@ func (s *shard) control(m any) {
 	default:
 		panic(fmt.Sprintf("actors: shard got unknown message %T", m))
 	}
-}
-
-// loaded finishes a store load: the client is cached, then the loader and
-// every waiter are admitted in the order they arrived.
-func (s *shard) loaded(m *loadDone) {
-	p := s.loading[m.hash]
-	delete(s.loading, m.hash)
-	if p == nil { // cannot happen: one load per pending entry
-		p = &pendingLoad{}
-	}
-	waiters := append([]*admitReq{m.loader}, p.waiters...)
-	err := m.err
-	if err == nil && (p.removed || m.client.KeyHash != m.hash) {
-		err = messages.ErrUnknownKey
-	}
-	if err == nil {
-		_, indexed := s.index[m.hash.Fingerprint()]
-		if !indexed {
-			err = messages.ErrUnknownKey
-		}
-	}
-	if err != nil {
-		for _, w := range waiters {
-			w.reply <- admitReply{err: err}
-		}
-		return
-	}
-	now := time.Now().UnixNano()
-	c := m.client
-	ev := s.unevict(c.KeyHash, c.ID)
-	if ev != nil {
-		// Evicted here, perhaps not saved yet: its state is the newer.
-		c.Tokens, c.LastRefill = ev.b.tokens, time.Unix(0, ev.b.last)
-	}
-	b := newBucket(c)
-	for _, l := range p.limits {
-		b.setLimits(now, l)
-	}
-	e := s.install(c, b, now)
-	if ev != nil {
-		e.dirty, e.handed = ev.dirty, ev.handed
-	}
-	for _, w := range waiters {
-		w.reply <- s.take(e, w.now)
-	}
-}
-
-func (s *shard) installMsg(m *installMsg) {
-	if m.indexOnly {
-		s.indexKey(m.client.KeyHash.Fingerprint())
-		return
-	}
-	if _, ok := s.cache[m.client.KeyHash]; ok && m.keepCached {
-		return
-	}
-	e := s.install(m.client, m.b, time.Now().UnixNano())
-	e.dirty = m.dirty
-}
-
-func (s *shard) indexKey(fp uint64) {
-	s.index[fp] = struct{}{}
-	if s.touched != nil {
-		s.touched[fp] = struct{}{}
-	}
-}
-
-func (s *shard) unindexKey(fp uint64) {
-	delete(s.index, fp)
-	if s.touched != nil {
-		s.touched[fp] = struct{}{}
-	}
-}
-
-// replaceIndex takes the store's snapshot as the index, except for keys
-// this shard indexed or dropped since the mark: those it knows better.
-func (s *shard) replaceIndex(m *replaceIndexMsg) {
-	index := make(map[uint64]struct{}, len(m.fps))
-	for _, fp := range m.fps {
-		index[fp] = struct{}{}
-	}
-	for fp := range s.touched {
-		if _, ok := s.index[fp]; ok {
-			index[fp] = struct{}{}
-		} else {
-			delete(index, fp)
-		}
-	}
-	s.index, s.touched = index, nil
-	// A cached client whose key left the index was deleted or rotated on
-	// another instance while we were not listening.
-	for h, e := range s.cache {
-		if _, ok := s.index[h.Fingerprint()]; ok && !m.dropCache {
-			continue
-		}
-		s.evict(h, e)
-	}
-	s.cached.Store(int64(len(s.cache)))
-}
-
-func (s *shard) install(c messages.Client, b bucket, now int64) *entry {
-	s.indexKey(c.KeyHash.Fingerprint())
-	if old, ok := s.cache[c.KeyHash]; ok {
-		freeEntry(old)
-	}
-	e := newEntry(c, b, now)
-	s.cache[c.KeyHash] = e
-	s.cached.Store(int64(len(s.cache)))
-	return e
-}
-
-func (s *shard) setLimits(m *limitsMsg) {
-	var rep peekReply
-	if e, ok := s.cache[m.hash]; ok {
-		e.b.setLimits(time.Now().UnixNano(), m.limits)
-		e.dirty = true
-		rep = peekReply{b: e.b, cached: true}
-	} else if ev, ok := s.evicted[m.hash]; ok {
-		ev.b.setLimits(time.Now().UnixNano(), m.limits)
-		ev.dirty = true
-		rep = peekReply{b: ev.b, cached: true}
-	} else if p, ok := s.loading[m.hash]; ok {
-		p.limits = append(p.limits, m.limits)
-	}
-	m.reply <- rep
-}
-
-func (s *shard) remove(m *removeMsg) peekReply {
-	s.unindexKey(m.hash.Fingerprint())
-	if p, ok := s.loading[m.hash]; ok {
-		p.removed = true
-	}
-	ev := s.unevict(m.hash, m.clientID)
-	if m.deleted {
-		s.deleted = append(s.deleted, m.clientID)
-	}
-	e, ok := s.cache[m.hash]
-	if !ok {
-		if ev == nil || m.deleted {
-			return peekReply{}
-		}
-		// A rotation moves the unsaved state of an evicted bucket too.
-		ev.b.refill(time.Now().UnixNano())
-		return peekReply{b: ev.b, cached: true}
-	}
-	delete(s.cache, m.hash)
-	s.cached.Store(int64(len(s.cache)))
-	e.b.refill(time.Now().UnixNano())
-	rep := peekReply{b: e.b, cached: true}
-	freeEntry(e)
-	return rep
 }
 
 // refillAll brings every cached bucket up to now, so that reads and saves

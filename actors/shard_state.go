@@ -12,10 +12,12 @@ import (
 // evictedBucket is a bucket no longer cached whose state the store may not
 // have yet.
 type evictedBucket struct {
-	clientID string
-	b        bucket
-	dirty    bool  // changed since the persister last collected it
-	handed   int64 // as entry.handed
+	clientID   string
+	generation int64
+	version    int64
+	b          bucket
+	dirty      bool  // changed since the persister last collected it
+	handed     int64 // as entry.handed
 }
 
 // savedMsg confirms that the persister saved states.
@@ -31,7 +33,8 @@ func (s *shard) evict(h messages.KeyHash, e *entry) {
 		if s.evicted == nil {
 			s.evicted = make(map[messages.KeyHash]*evictedBucket)
 		}
-		s.evicted[h] = &evictedBucket{clientID: e.clientID, b: e.b, dirty: e.dirty, handed: e.handed}
+		s.evicted[h] = &evictedBucket{clientID: e.clientID, generation: e.generation, version: e.version,
+			b: e.b, dirty: e.dirty, handed: e.handed}
 	}
 	delete(s.cache, h)
 	freeEntry(e)
@@ -66,14 +69,16 @@ func (s *shard) collect() collected {
 	s.deleted = nil
 	for h, e := range s.cache {
 		if e.dirty {
-			c.states = append(c.states, stateOf(h, e.clientID, e.b))
-			e.dirty, e.handed = false, e.b.last
+			st := s.stateOf(h, e.clientID, e.generation, &e.b)
+			c.states = append(c.states, st)
+			e.dirty, e.handed = false, st.LastRefill.UnixNano()
 		}
 	}
 	for h, ev := range s.evicted {
 		if ev.dirty {
-			c.states = append(c.states, stateOf(h, ev.clientID, ev.b))
-			ev.dirty, ev.handed = false, ev.b.last
+			st := s.stateOf(h, ev.clientID, ev.generation, &ev.b)
+			c.states = append(c.states, st)
+			ev.dirty, ev.handed = false, st.LastRefill.UnixNano()
 		}
 	}
 	return c
@@ -84,17 +89,19 @@ func (s *shard) collect() collected {
 func (s *shard) saved(states []messages.BucketState) {
 	for _, st := range states {
 		at := st.LastRefill.UnixNano()
-		if e, ok := s.cache[st.KeyHash]; ok && e.clientID == st.ClientID && e.handed != 0 && e.handed <= at {
+		if e, ok := s.cache[st.KeyHash]; ok && e.clientID == st.ClientID && e.generation == st.Generation &&
+			e.handed != 0 && e.handed <= at {
 			e.handed = 0
 		}
-		if ev, ok := s.evicted[st.KeyHash]; ok && ev.clientID == st.ClientID && !ev.dirty && ev.handed <= at {
+		if ev, ok := s.evicted[st.KeyHash]; ok && ev.clientID == st.ClientID && ev.generation == st.Generation &&
+			!ev.dirty && ev.handed <= at {
 			delete(s.evicted, st.KeyHash)
 		}
 	}
 }
 
-func stateOf(h messages.KeyHash, clientID string, b bucket) messages.BucketState {
-	st := b.state(clientID)
-	st.KeyHash = h
+func (s *shard) stateOf(h messages.KeyHash, clientID string, generation int64, b *bucket) messages.BucketState {
+	st := s.cfg.clk.state(clientID, b)
+	st.KeyHash, st.Generation = h, generation
 	return st
 }

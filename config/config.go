@@ -16,7 +16,10 @@ type Config struct {
 	StateFile       string
 	AdminAPIKey     string
 	ShutdownTimeout time.Duration
-	AccessLog       bool
+	// DatabaseConnectTimeout is how long start-up retries an unreachable
+	// PostgreSQL before giving up.
+	DatabaseConnectTimeout time.Duration
+	AccessLog              bool
 	// Pprof serves net/http/pprof under /debug/pprof/ on the admin API,
 	// behind its authentication.
 	Pprof        bool

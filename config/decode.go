@@ -187,6 +187,7 @@ func decode(data []byte) (*Config, problems) {
 	root.str("state_file", &c.StateFile)
 	root.str("admin_api_key", &c.AdminAPIKey)
 	root.seconds("shutdown_timeout", &c.ShutdownTimeout)
+	root.seconds("database_connect_timeout", &c.DatabaseConnectTimeout)
 	root.boolean("access_log", &c.AccessLog)
 	root.boolean("pprof", &c.Pprof)
 	decodeLoadBalancer(root.object("load_balancer"), &c.LoadBalancer)

@@ -42,6 +42,8 @@ var badValues = []struct {
 	{"state_file", "", `state_file: "" must name a file when database_url is empty`},
 	{"admin_api_key", true, `admin_api_key: true is not a string`},
 	{"shutdown_timeout", 0, `shutdown_timeout: 0 must be > 0`},
+	{"database_connect_timeout", 0, `database_connect_timeout: 0 must be > 0`},
+	{"database_connect_timeout", "x", `database_connect_timeout: "x" is not a number of seconds`},
 	{"shutdown_timeout", -1, `shutdown_timeout: -1 must be > 0`},
 	{"shutdown_timeout", "10", `shutdown_timeout: "10" is not a number of seconds`},
 	{"shutdown_timeout", 1e10, `shutdown_timeout: 1e+10 is out of range`},

@@ -17,6 +17,7 @@ const (
 	defaultLogLevel            = "info"
 	defaultStateFile           = "tollgate.db"
 	defaultShutdownTimeout     = 10 * time.Second
+	defaultDBConnectTimeout    = 30 * time.Second
 	defaultHealthCheckInterval = 10 * time.Second
 	defaultHealthCheckWorkers  = 2
 	defaultHealthCheckPath     = "/health"
@@ -41,9 +42,10 @@ const (
 
 func defaults() *Config {
 	return &Config{
-		LogLevel:        defaultLogLevel,
-		StateFile:       defaultStateFile,
-		ShutdownTimeout: defaultShutdownTimeout,
+		LogLevel:               defaultLogLevel,
+		StateFile:              defaultStateFile,
+		ShutdownTimeout:        defaultShutdownTimeout,
+		DatabaseConnectTimeout: defaultDBConnectTimeout,
 		LoadBalancer: LoadBalancer{
 			HealthCheckInterval:    defaultHealthCheckInterval,
 			HealthCheckWorkerCount: defaultHealthCheckWorkers,

@@ -40,10 +40,11 @@ const seed = `{
 // seedConfig is what seed loads as, defaults included.
 func seedConfig() *config.Config {
 	return &config.Config{
-		Port:            8080,
-		LogLevel:        "debug",
-		StateFile:       "tollgate.db",
-		ShutdownTimeout: 10 * time.Second,
+		Port:                   8080,
+		LogLevel:               "debug",
+		StateFile:              "tollgate.db",
+		ShutdownTimeout:        10 * time.Second,
+		DatabaseConnectTimeout: 30 * time.Second,
 		LoadBalancer: config.LoadBalancer{
 			BackendURLs:            []string{"http://127.0.0.1:8081", "http://127.0.0.1:8082"},
 			HealthCheckInterval:    10 * time.Second,
@@ -126,16 +127,17 @@ func TestParseNullMeansDefault(t *testing.T) {
 
 func TestLoadEveryField(t *testing.T) {
 	want := &config.Config{
-		Port:            9000,
-		AdminPort:       9001,
-		LogLevel:        "warn",
-		LogFile:         "/var/log/tollgate.log",
-		DatabaseURL:     "postgres://file@db/tollgate",
-		StateFile:       "state.db",
-		AdminAPIKey:     "file-admin-key",
-		ShutdownTimeout: 2500 * time.Millisecond,
-		AccessLog:       true,
-		Pprof:           true,
+		Port:                   9000,
+		AdminPort:              9001,
+		LogLevel:               "warn",
+		LogFile:                "/var/log/tollgate.log",
+		DatabaseURL:            "postgres://file@db/tollgate",
+		StateFile:              "state.db",
+		AdminAPIKey:            "file-admin-key",
+		ShutdownTimeout:        2500 * time.Millisecond,
+		DatabaseConnectTimeout: 7500 * time.Millisecond,
+		AccessLog:              true,
+		Pprof:                  true,
 		LoadBalancer: config.LoadBalancer{
 			BackendURLs:            []string{"http://backend-a:8081", "https://backend-b/api"},
 			HealthCheckInterval:    500 * time.Millisecond,

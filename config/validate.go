@@ -45,6 +45,7 @@ func (c *Config) check() problems {
 		p.addf("state_file", `"" must name a file when database_url is empty`)
 	}
 	positive(&p, "shutdown_timeout", c.ShutdownTimeout)
+	positive(&p, "database_connect_timeout", c.DatabaseConnectTimeout)
 	c.LoadBalancer.check(&p)
 	c.RateLimiter.check(&p)
 	return p

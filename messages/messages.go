@@ -74,6 +74,14 @@ type Client struct {
 	Capacity   int64
 	Tokens     float64
 	LastRefill time.Time
+	// Generation tells apart clients that had the same id: it is chosen
+	// when the client is created and never changes, so a state saved from
+	// one client never lands on another created later with its id.
+	Generation int64
+	// Version counts the admin changes to the client: 1 when created,
+	// one more with each change of its limits or key. A cache holding
+	// version v ignores limits of a version <= v.
+	Version int64
 }
 
 // BucketState is the mutable part of a client, what the persistence actor
@@ -82,26 +90,46 @@ type BucketState struct {
 	ClientID   string
 	Tokens     float64
 	LastRefill time.Time
+	// Generation is the client's the state was taken from: a store saves
+	// it only onto the client of that generation.
+	Generation int64
 	// KeyHash is the key the bucket was cached under, so a confirmation
 	// of the save finds it again. Stores ignore it.
 	KeyHash KeyHash
 }
 
-// KeyRef ties a client to its key hash; the key index is built from these.
+// KeyRef ties a client to its key hash and limits: the key index is built
+// from these, and a resync brings cached limits up to date with them.
 type KeyRef struct {
-	ClientID string
-	KeyHash  KeyHash
+	ClientID   string
+	KeyHash    KeyHash
+	RatePerSec float64
+	Capacity   int64
+	Generation int64
+	Version    int64
 }
 
 // Limits is a change of a client's limits; a nil field is left as it is.
 type Limits struct {
 	RatePerSec *float64
 	Capacity   *int64
+	// At is when the change takes effect: the stored bucket first refills
+	// at the old rate up to At (a stored last_refill after At counts as
+	// At), so a change applies the same whether the client is cached or
+	// not. Zero skips the refill.
+	At time.Time
 }
 
-// ApplyTo changes c's limits as a store does: the tokens it holds shrink
-// to a lower capacity (a NaN count becomes full), a higher one leaves them.
+// ApplyTo changes c's limits as a store does: the bucket refills to l.At
+// at the old rate, then the tokens it holds shrink to a lower capacity (a
+// NaN count becomes full); a higher one leaves them.
 func (l Limits) ApplyTo(c *Client) {
+	if !l.At.IsZero() && l.At.After(c.LastRefill) {
+		if capacity := float64(c.Capacity); c.Tokens < capacity {
+			c.Tokens = min(capacity, c.Tokens+l.At.Sub(c.LastRefill).Seconds()*c.RatePerSec)
+		}
+		c.LastRefill = l.At
+	}
 	if l.RatePerSec != nil {
 		c.RatePerSec = *l.RatePerSec
 	}
@@ -168,4 +196,8 @@ type Change struct {
 	OldKeyHash KeyHash
 	RatePerSec float64
 	Capacity   int64
+	// Generation and Version are the client's after the change (for a
+	// delete, as it was).
+	Generation int64
+	Version    int64
 }

@@ -55,6 +55,7 @@ func insert(clients, keys *bolt.Bucket, c messages.Client) error {
 		return errKeyTaken
 	}
 	c.LastRefill = storedTime(c.LastRefill)
+	c.Version = 1
 	if err := clients.Put(id, encodeRecord(c)); err != nil {
 		return err
 	}
@@ -128,15 +129,23 @@ func (b *Bolt) ListClients(_ context.Context, after string, limit int) ([]messag
 	return cs, nil
 }
 
-// KeyRefs implements Store.
+// KeyRefs implements Store. It reads the fixed fields of each record in
+// id order, a sequential scan: start-up reads every client. Every write
+// keeps a record's key hash and the "keys" bucket in step.
 func (b *Bolt) KeyRefs(context.Context) ([]messages.KeyRef, error) {
 	refs := []messages.KeyRef{}
-	err := b.view(func(_, keys *bolt.Bucket) error {
-		return keys.ForEach(func(h, id []byte) error {
-			ref := messages.KeyRef{ClientID: string(id)}
-			if copy(ref.KeyHash[:], h) != len(ref.KeyHash) {
-				return fmt.Errorf("key of client %q: %w", id, errCorrupt)
+	err := b.view(func(clients, _ *bolt.Bucket) error {
+		if n := clients.Stats().KeyN; n > 0 {
+			refs = make([]messages.KeyRef, 0, n)
+		}
+		return clients.ForEach(func(id, v []byte) error {
+			if !validRecord(v) {
+				return fmt.Errorf("client %q: %w", id, errCorrupt)
 			}
+			ref := messages.KeyRef{ClientID: string(id),
+				RatePerSec: recordRate(v), Capacity: recordCapacity(v),
+				Generation: recordGeneration(v), Version: recordVersion(v)}
+			copy(ref.KeyHash[:], v[offHash:fixedLen])
 			refs = append(refs, ref)
 			return nil
 		})
@@ -158,7 +167,9 @@ func (b *Bolt) UpdateLimits(_ context.Context, id string, l messages.Limits) (me
 		if c, err = get(clients, []byte(id)); err != nil {
 			return err
 		}
+		l.At = storedTime(l.At)
 		l.ApplyTo(&c)
+		c.Version++
 		return clients.Put([]byte(id), encodeRecord(c))
 	})
 	if err != nil {
@@ -192,6 +203,7 @@ func (b *Bolt) RotateKey(_ context.Context, id, apiKey string, h messages.KeyHas
 		}
 		c := old
 		c.APIKey, c.KeyHash, c.KeyPrefix = apiKey, h, prefix
+		c.Version++
 		return clients.Put([]byte(id), encodeRecord(c))
 	})
 	if err != nil {
@@ -219,7 +231,8 @@ func (b *Bolt) DeleteClient(_ context.Context, id string) (messages.Client, erro
 }
 
 // SaveStates implements Store in one transaction. It patches the state
-// fields of each stored record, skipping ids that do not exist, and clamps
+// fields of each stored record of the state's generation, skipping ids
+// that do not exist and states older than the stored one, and clamps
 // tokens to the stored capacity as Postgres does.
 func (b *Bolt) SaveStates(_ context.Context, states []messages.BucketState) error {
 	if len(states) == 0 {
@@ -233,8 +246,11 @@ func (b *Bolt) SaveStates(_ context.Context, states []messages.BucketState) erro
 			if v == nil {
 				continue
 			}
-			if len(v) < fixedLen {
+			if !validRecord(v) {
 				return fmt.Errorf("client %q: %w", s.ClientID, errCorrupt)
+			}
+			if recordGeneration(v) != s.Generation || recordLastRefill(v).After(storedTime(s.LastRefill)) {
+				continue
 			}
 			// v is bolt's memory: write a copy.
 			rec := bytes.Clone(v)
@@ -246,4 +262,31 @@ func (b *Bolt) SaveStates(_ context.Context, states []messages.BucketState) erro
 		return nil
 	})
 	return b.wrap(fmt.Sprintf("save %d states", len(states)), err)
+}
+
+// EraseClearKeys implements KeyEraser in one transaction.
+func (b *Bolt) EraseClearKeys(context.Context) (int64, error) {
+	var n int64
+	err := b.update(func(clients, _ *bolt.Bucket) error {
+		var erase []messages.Client
+		err := clients.ForEach(func(k, v []byte) error {
+			c, err := decodeRecord(string(k), v)
+			if err == nil && c.APIKey != "" {
+				c.APIKey = ""
+				erase = append(erase, c)
+			}
+			return err
+		})
+		if err != nil {
+			return err
+		}
+		for _, c := range erase {
+			if err := clients.Put([]byte(c.ID), encodeRecord(c)); err != nil {
+				return err
+			}
+		}
+		n = int64(len(erase))
+		return nil
+	})
+	return n, b.wrap("erase clear keys", err)
 }

@@ -162,7 +162,8 @@ func testKeyRefs(t *testing.T, s persist.Store) {
 	want := make([]messages.KeyRef, 0, len(cs))
 	for i, c := range cs {
 		if i != 7 {
-			want = append(want, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash})
+			want = append(want, messages.KeyRef{ClientID: c.ID, KeyHash: c.KeyHash,
+				RatePerSec: c.RatePerSec, Capacity: c.Capacity, Version: 1})
 		}
 	}
 	refs, err = s.KeyRefs(ctx)

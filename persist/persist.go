@@ -33,9 +33,18 @@ type BulkCreator interface {
 	CreateClients(ctx context.Context, cs []messages.Client) error
 }
 
+// KeyEraser is implemented by both stores: it erases every key kept in
+// clear (created before hash_api_keys was turned on), keeping its hash and
+// prefix, and reports how many it erased. Start-up calls it in hashed mode.
+type KeyEraser interface {
+	EraseClearKeys(ctx context.Context) (int64, error)
+}
+
 var (
 	_ BulkCreator = (*Postgres)(nil)
 	_ BulkCreator = (*Bolt)(nil)
+	_ KeyEraser   = (*Postgres)(nil)
+	_ KeyEraser   = (*Bolt)(nil)
 )
 
 // Timestamps are kept with microsecond precision, PostgreSQL's, and

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -65,6 +66,20 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 }
 
+// TestRecordV1ReadsAsFirstGeneration: records written before generations
+// read as generation 0, version 1.
+func TestRecordV1ReadsAsFirstGeneration(t *testing.T) {
+	c := messages.Client{ID: "old", APIKey: "k-0123456789abcdef", KeyPrefix: "k-0123", RatePerSec: 1, Capacity: 3,
+		Tokens: 2, LastRefill: time.Unix(5, 0).UTC(), Generation: 9, Version: 4}
+	v2 := encodeRecord(c)
+	v1 := append([]byte{recordV1}, v2[1:fixedLen]...)
+	v1 = append(v1, v2[fixedLenV2:]...)
+	got, err := decodeRecord("old", v1)
+	require.NoError(t, err)
+	c.Generation, c.Version = 0, 1
+	assert.Equal(t, c, got)
+}
+
 // FuzzDecodeRecord: whatever is in the file, decoding never panics.
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add(encodeRecord(messages.Client{ID: "a", APIKey: "key", KeyPrefix: "k", Capacity: 1}))
@@ -82,4 +97,16 @@ func FuzzDecodeRecord(f *testing.F) {
 		c.RatePerSec, c.Tokens, again.RatePerSec, again.Tokens = 0, 0, 0, 0
 		assert.Equal(t, c, again, "a decoded record survives a round trip")
 	})
+}
+
+// No statement_timeout startup parameter: PgBouncer refuses unknown ones,
+// and it would cap migrations too (issue 11 item 8). Statements are bounded
+// by their contexts instead.
+func TestPoolSetsNoStatementTimeoutStartupParameter(t *testing.T) {
+	const dsn = "postgres://u@127.0.0.1:5432/db"
+	cfg, err := pgxpool.ParseConfig(dsn)
+	require.NoError(t, err)
+	tune(cfg, dsn)
+	assert.NotContains(t, cfg.ConnConfig.RuntimeParams, "statement_timeout")
+	assert.Equal(t, "tollgate", cfg.ConnConfig.RuntimeParams["application_name"])
 }

@@ -23,7 +23,7 @@ import (
 )
 
 // Pool and query limits. Settings given in the DSN (pool_max_conns,
-// connect_timeout, statement_timeout, ...) win over these.
+// connect_timeout, ...) win over these.
 const (
 	pgMaxConns        = 16
 	pgMinConns        = 1
@@ -32,10 +32,11 @@ const (
 	pgMaxConnLifetime = 30 * time.Minute
 	pgHealthCheck     = 15 * time.Second
 	// pgOpTimeout bounds an operation whose ctx has no deadline, so a
-	// server that stops answering shows up as ErrUnavailable, not a hang.
+	// server that stops answering shows up as ErrUnavailable, not a hang:
+	// pgx cancels the statement on the server when it passes. There is no
+	// statement_timeout startup parameter (PgBouncer refuses it, and it
+	// would cap migrations); set one on the role if wanted (README).
 	pgOpTimeout = 15 * time.Second
-	// pgStatementTimeout is the server-side backstop for the same.
-	pgStatementTimeout = "30s"
 )
 
 // migrationLockID is the advisory lock held while migrating: "tollgate"
@@ -107,13 +108,8 @@ func tune(cfg *pgxpool.Config, dsn string) {
 	if cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = pgConnectTimeout
 	}
-	for k, v := range map[string]string{
-		"application_name":  "tollgate",
-		"statement_timeout": pgStatementTimeout,
-	} {
-		if _, ok := cc.RuntimeParams[k]; !ok {
-			cc.RuntimeParams[k] = v
-		}
+	if _, ok := cc.RuntimeParams["application_name"]; !ok {
+		cc.RuntimeParams["application_name"] = "tollgate"
 	}
 }
 

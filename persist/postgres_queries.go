@@ -12,7 +12,7 @@ import (
 
 // clientCols are the columns scanClient reads, in its order.
 const clientCols = `client_id, api_key, api_key_hash, api_key_prefix,
-	rate_per_sec, capacity, tokens, last_refill`
+	rate_per_sec, capacity, tokens, last_refill, generation, version`
 
 // scanClient reads one row of clientCols.
 func scanClient(row pgx.Row) (messages.Client, error) {
@@ -22,7 +22,7 @@ func scanClient(row pgx.Row) (messages.Client, error) {
 		hash []byte
 	)
 	err := row.Scan(&c.ID, &key, &hash, &c.KeyPrefix,
-		&c.RatePerSec, &c.Capacity, &c.Tokens, &c.LastRefill)
+		&c.RatePerSec, &c.Capacity, &c.Tokens, &c.LastRefill, &c.Generation, &c.Version)
 	if err != nil {
 		return messages.Client{}, err
 	}
@@ -45,14 +45,18 @@ func nullable(s string) *string {
 	return &s
 }
 
+// insertCols are the columns a create writes; version starts at 1.
+const insertCols = `client_id, api_key, api_key_hash, api_key_prefix,
+	rate_per_sec, capacity, tokens, last_refill, generation`
+
 // CreateClient implements Store.
 func (p *Postgres) CreateClient(ctx context.Context, c messages.Client) error {
 	ctx, cancel := opContext(ctx)
 	defer cancel()
-	_, err := p.pool.Exec(ctx, `INSERT INTO clients (`+clientCols+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+	_, err := p.pool.Exec(ctx, `INSERT INTO clients (`+insertCols+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		c.ID, nullable(c.APIKey), c.KeyHash[:], c.KeyPrefix,
-		c.RatePerSec, c.Capacity, c.Tokens, c.LastRefill)
+		c.RatePerSec, c.Capacity, c.Tokens, c.LastRefill, c.Generation)
 	return p.wrap(fmt.Sprintf("create client %q", c.ID), err)
 }
 
@@ -65,11 +69,11 @@ func (p *Postgres) CreateClients(ctx context.Context, cs []messages.Client) erro
 	defer cancel()
 	_, err := p.pool.CopyFrom(ctx, pgx.Identifier{"clients"},
 		[]string{"client_id", "api_key", "api_key_hash", "api_key_prefix",
-			"rate_per_sec", "capacity", "tokens", "last_refill"},
+			"rate_per_sec", "capacity", "tokens", "last_refill", "generation"},
 		pgx.CopyFromSlice(len(cs), func(i int) ([]any, error) {
 			c := &cs[i]
 			return []any{c.ID, nullable(c.APIKey), c.KeyHash[:], c.KeyPrefix,
-				c.RatePerSec, c.Capacity, c.Tokens, c.LastRefill}, nil
+				c.RatePerSec, c.Capacity, c.Tokens, c.LastRefill, c.Generation}, nil
 		}))
 	return p.wrap(fmt.Sprintf("create %d clients", len(cs)), err)
 }
@@ -125,13 +129,15 @@ func (p *Postgres) ListClients(ctx context.Context, after string, limit int) ([]
 func (p *Postgres) KeyRefs(ctx context.Context) ([]messages.KeyRef, error) {
 	ctx, cancel := opContext(ctx)
 	defer cancel()
-	rows, _ := p.pool.Query(ctx, `SELECT client_id, api_key_hash FROM clients`)
+	rows, _ := p.pool.Query(ctx, `SELECT client_id, api_key_hash,
+		rate_per_sec, capacity, generation, version FROM clients`)
 	refs := []messages.KeyRef{}
 	var (
 		ref  messages.KeyRef
 		hash []byte
 	)
-	_, err := pgx.ForEachRow(rows, []any{&ref.ClientID, &hash}, func() error {
+	scan := []any{&ref.ClientID, &hash, &ref.RatePerSec, &ref.Capacity, &ref.Generation, &ref.Version}
+	_, err := pgx.ForEachRow(rows, scan, func() error {
 		if len(hash) != len(ref.KeyHash) {
 			return fmt.Errorf("client %q: key hash has %d bytes", ref.ClientID, len(hash))
 		}
@@ -145,8 +151,8 @@ func (p *Postgres) KeyRefs(ctx context.Context) ([]messages.KeyRef, error) {
 	return refs, nil
 }
 
-// UpdateLimits implements Store. The clamp happens in the same statement,
-// so a concurrent save cannot slip between the two.
+// UpdateLimits implements Store. The refill at the old rate and the clamp
+// happen in the same statement, so a concurrent save cannot slip between.
 func (p *Postgres) UpdateLimits(ctx context.Context, id string, l messages.Limits) (messages.Client, error) {
 	op := fmt.Sprintf("update limits of %q", id)
 	if !storable(id) {
@@ -154,20 +160,32 @@ func (p *Postgres) UpdateLimits(ctx context.Context, id string, l messages.Limit
 	}
 	ctx, cancel := opContext(ctx)
 	defer cancel()
-	// In SET, column references see the row as it was: capacity on the
-	// right is the old one, $3 the new one.
+	var at *time.Time
+	if !l.At.IsZero() {
+		at = &l.At
+	}
+	// In SET, column references see the row as it was: capacity,
+	// rate_per_sec and last_refill on the right are the old ones. The
+	// refill is messages.Limits.ApplyTo's: up to $4 at the old rate, none
+	// when last_refill is already at or after $4; then the clamp.
 	c, err := scanClient(p.pool.QueryRow(ctx, `UPDATE clients SET
 			rate_per_sec = COALESCE($2, rate_per_sec),
 			capacity = COALESCE($3, capacity),
-			tokens = LEAST(tokens, COALESCE($3, capacity)),
+			tokens = LEAST(COALESCE($3, capacity), CASE
+				WHEN $4::timestamptz IS NULL OR $4 <= last_refill OR NOT tokens < capacity THEN tokens
+				ELSE LEAST(capacity::float8,
+					tokens + EXTRACT(EPOCH FROM ($4 - last_refill))::float8 * rate_per_sec)
+				END),
+			last_refill = GREATEST(last_refill, COALESCE($4, last_refill)),
 			updated_at = now()
 		WHERE client_id = $1
-		RETURNING `+clientCols, id, l.RatePerSec, l.Capacity))
+		RETURNING `+clientCols, id, l.RatePerSec, l.Capacity, at))
 	return c, p.wrap(op, err)
 }
 
 // RotateKey implements Store. The CTE locks the row and keeps its old
-// values, which RETURNING hands back.
+// values, which RETURNING hands back; the version trigger bumps the new
+// row's version by one.
 func (p *Postgres) RotateKey(ctx context.Context, id, apiKey string, h messages.KeyHash, prefix string) (messages.Client, error) {
 	op := fmt.Sprintf("rotate key of %q", id)
 	if !storable(id) {
@@ -182,7 +200,8 @@ func (p *Postgres) RotateKey(ctx context.Context, id, apiKey string, h messages.
 			updated_at = now()
 		FROM old WHERE c.client_id = old.client_id
 		RETURNING old.client_id, old.api_key, old.api_key_hash, old.api_key_prefix,
-			old.rate_per_sec, old.capacity, old.tokens, old.last_refill`,
+			old.rate_per_sec, old.capacity, old.tokens, old.last_refill,
+			old.generation, old.version`,
 		id, nullable(apiKey), h[:], prefix))
 	return old, p.wrap(op, err)
 }
@@ -201,8 +220,10 @@ func (p *Postgres) DeleteClient(ctx context.Context, id string) (messages.Client
 }
 
 // SaveStates implements Store in one statement, one round trip, however
-// many states there are. It only updates rows that exist, so a deleted
-// client stays deleted, and clamps tokens to the capacity as stored in
+// many states there are. It only updates rows that exist and are of the
+// state's generation, so a deleted client stays deleted and one created
+// again with its id keeps its own state; a state older than the stored one
+// (by last_refill) is skipped. Tokens clamp to the capacity as stored in
 // case the limits changed since the state was read.
 func (p *Postgres) SaveStates(ctx context.Context, states []messages.BucketState) error {
 	if len(states) == 0 {
@@ -212,14 +233,25 @@ func (p *Postgres) SaveStates(ctx context.Context, states []messages.BucketState
 	ids := make([]string, len(states))
 	tokens := make([]float64, len(states))
 	refills := make([]time.Time, len(states))
+	gens := make([]int64, len(states))
 	for i, s := range states {
-		ids[i], tokens[i], refills[i] = s.ClientID, s.Tokens, s.LastRefill
+		ids[i], tokens[i], refills[i], gens[i] = s.ClientID, s.Tokens, s.LastRefill, s.Generation
 	}
 	ctx, cancel := opContext(ctx)
 	defer cancel()
 	_, err := p.pool.Exec(ctx, `UPDATE clients c
 		SET tokens = LEAST(u.tokens, c.capacity), last_refill = u.last_refill
-		FROM unnest($1::text[], $2::float8[], $3::timestamptz[]) AS u(id, tokens, last_refill)
-		WHERE c.client_id = u.id`, ids, tokens, refills)
+		FROM unnest($1::text[], $2::float8[], $3::timestamptz[], $4::int8[])
+			AS u(id, tokens, last_refill, generation)
+		WHERE c.client_id = u.id AND c.generation = u.generation
+			AND c.last_refill <= u.last_refill`, ids, tokens, refills, gens)
 	return p.wrap(fmt.Sprintf("save %d states", len(states)), err)
+}
+
+// EraseClearKeys implements KeyEraser.
+func (p *Postgres) EraseClearKeys(ctx context.Context) (int64, error) {
+	ctx, cancel := opContext(ctx)
+	defer cancel()
+	tag, err := p.pool.Exec(ctx, `UPDATE clients SET api_key = NULL WHERE api_key IS NOT NULL`)
+	return tag.RowsAffected(), p.wrap("erase clear keys", err)
 }

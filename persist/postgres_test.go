@@ -3,11 +3,11 @@ package persist_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -130,6 +130,7 @@ type proxy struct {
 	wg     sync.WaitGroup // the accept loop and two copiers per connection
 	mu     sync.Mutex
 	conns  []net.Conn
+	holes  []*atomic.Bool // per connection pair: drop its bytes
 	closed bool
 }
 
@@ -152,18 +153,29 @@ func (p *proxy) accept() {
 			return
 		}
 		server, err := net.Dial(p.target.Network(), p.target.String())
-		if err != nil || !p.track(client, server) {
+		hole := new(atomic.Bool)
+		if err != nil || !p.track(hole, client, server) {
 			client.Close()
 			continue
 		}
 		p.wg.Add(2)
-		go p.pipe(client, server) // waited for by close
-		go p.pipe(server, client) // waited for by close
+		go p.pipe(client, server, hole) // waited for by close
+		go p.pipe(server, client, hole) // waited for by close
+	}
+}
+
+// blackhole makes every connection open now drop what it carries, both
+// ways, without closing: a half-open network path. New connections work.
+func (p *proxy) blackhole() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, h := range p.holes {
+		h.Store(true)
 	}
 }
 
 // track registers a connection pair unless the proxy is closed.
-func (p *proxy) track(conns ...net.Conn) bool {
+func (p *proxy) track(hole *atomic.Bool, conns ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -173,14 +185,26 @@ func (p *proxy) track(conns ...net.Conn) bool {
 		return false
 	}
 	p.conns = append(p.conns, conns...)
+	p.holes = append(p.holes, hole)
 	return true
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+func (p *proxy) pipe(dst, src net.Conn, hole *atomic.Bool) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
-	dst.Close()
-	src.Close()
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 && !hole.Load() {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 func (p *proxy) close() {

@@ -68,15 +68,17 @@ func (p *Postgres) Watch(ctx context.Context, resyncEvery time.Duration, apply f
 }
 
 // listen runs one listening connection until it fails, and reports
-// whether it got as far as listening.
+// whether it got as far as listening. The connection is its own, not the
+// pool's: a pooled connection that died silently could hang its acquire.
 func (p *Postgres) listen(ctx context.Context, reconnected bool, resyncEvery time.Duration, apply func(context.Context, messages.Change) error) (bool, error) {
-	pooled, err := p.pool.Acquire(ctx)
+	cfg := p.pool.Config().ConnConfig.Copy()
+	cfg.RuntimeParams["application_name"] = listenAppName
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return false, p.wrap("listen", err)
 	}
-	conn := pooled.Hijack() // a LISTENing connection must not go back to the pool
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, "SET application_name = '"+listenAppName+"'; LISTEN "+notifyChannel); err != nil {
+	if _, err := conn.Exec(ctx, "LISTEN "+notifyChannel); err != nil {
 		return false, p.wrap("listen", err)
 	}
 	// Changes made before LISTEN took effect were not heard: at start,
@@ -85,23 +87,44 @@ func (p *Postgres) listen(ctx context.Context, reconnected bool, resyncEvery tim
 	if err := apply(ctx, messages.Change{Resync: true, DropCache: reconnected}); err != nil {
 		return true, err
 	}
+	// The periodic resync runs on its own ticker, which notifications do
+	// not reset: under a steady stream of changes it still runs.
+	resync := time.NewTicker(resyncEvery)
+	defer resync.Stop()
 	for {
-		if err := p.wait(ctx, conn, resyncEvery, apply); err != nil {
+		select {
+		case <-resync.C:
+			if err := apply(ctx, messages.Change{Resync: true}); err != nil {
+				return true, err
+			}
+		default:
+		}
+		if err := p.wait(ctx, conn, apply); err != nil {
 			return true, err
 		}
 	}
 }
 
-// wait handles one notification, or resyncs when none came for a while.
-func (p *Postgres) wait(ctx context.Context, conn *pgx.Conn, resyncEvery time.Duration, apply func(context.Context, messages.Change) error) error {
-	wctx, cancel := context.WithTimeout(ctx, resyncEvery)
+// listenCheck is how long the listener waits for a notification before it
+// checks its connection, and how long that check may take: a connection
+// that died silently (a half-open TCP connection) is noticed within about
+// two of these, a second (SPEC 6), not when TCP keepalive gives up
+// minutes later.
+const listenCheck = 500 * time.Millisecond
+
+// wait handles one notification, or checks the connection when none came
+// within listenCheck.
+func (p *Postgres) wait(ctx context.Context, conn *pgx.Conn, apply func(context.Context, messages.Change) error) error {
+	wctx, cancel := context.WithTimeout(ctx, listenCheck)
 	n, err := conn.WaitForNotification(wctx)
 	cancel()
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case err != nil && errors.Is(err, context.DeadlineExceeded) && !conn.IsClosed():
-		return apply(ctx, messages.Change{Resync: true})
+		pctx, cancel := context.WithTimeout(ctx, listenCheck)
+		defer cancel()
+		return p.wrap("listen: check connection", conn.Ping(pctx))
 	case err != nil:
 		return p.wrap("listen", err)
 	}
@@ -115,12 +138,14 @@ func (p *Postgres) wait(ctx context.Context, conn *pgx.Conn, resyncEvery time.Du
 }
 
 type changePayload struct {
-	Op       string  `json:"op"`
-	ID       string  `json:"id"`
-	Hash     string  `json:"hash"`
-	OldHash  string  `json:"old_hash"`
-	Rate     float64 `json:"rate"`
-	Capacity int64   `json:"capacity"`
+	Op         string  `json:"op"`
+	ID         string  `json:"id"`
+	Hash       string  `json:"hash"`
+	OldHash    string  `json:"old_hash"`
+	Rate       float64 `json:"rate"`
+	Capacity   int64   `json:"capacity"`
+	Generation int64   `json:"generation"`
+	Version    int64   `json:"version"`
 }
 
 func decodeChange(payload string) (messages.Change, error) {
@@ -128,7 +153,8 @@ func decodeChange(payload string) (messages.Change, error) {
 	if err := json.Unmarshal([]byte(payload), &cp); err != nil {
 		return messages.Change{}, fmt.Errorf("persist: change payload: %w", err)
 	}
-	ch := messages.Change{ClientID: cp.ID, Deleted: cp.Op == "delete", RatePerSec: cp.Rate, Capacity: cp.Capacity}
+	ch := messages.Change{ClientID: cp.ID, Deleted: cp.Op == "delete", RatePerSec: cp.Rate, Capacity: cp.Capacity,
+		Generation: cp.Generation, Version: cp.Version}
 	if cp.Op != "delete" && cp.Op != "upsert" {
 		return ch, fmt.Errorf("persist: change payload: unknown op %q", cp.Op)
 	}

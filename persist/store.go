@@ -21,9 +21,9 @@ const MaxPage = 1000
 // Store is the durable home of clients. Implementations are safe for
 // concurrent use.
 type Store interface {
-	// CreateClient inserts c. A taken c.ID or c.KeyHash is ErrConflict.
-	// c.APIKey may be empty (hashed-at-rest mode); KeyHash and KeyPrefix
-	// are always set by the caller.
+	// CreateClient inserts c with version 1. A taken c.ID or c.KeyHash is
+	// ErrConflict. c.APIKey may be empty (hashed-at-rest mode); KeyHash,
+	// KeyPrefix and Generation are always set by the caller.
 	CreateClient(ctx context.Context, c messages.Client) error
 	// GetClient returns the client with that id, or ErrNotFound.
 	GetClient(ctx context.Context, id string) (messages.Client, error)
@@ -33,17 +33,21 @@ type Store interface {
 	ListClients(ctx context.Context, after string, limit int) ([]messages.Client, error)
 	// KeyRefs returns every client's id and key hash: the key index's source.
 	KeyRefs(ctx context.Context) ([]messages.KeyRef, error)
-	// UpdateLimits changes rate and/or capacity, clamps the stored tokens to
-	// the new capacity, and returns the client as stored.
+	// UpdateLimits refills the stored bucket to l.At at the old rate,
+	// changes rate and/or capacity, clamps the stored tokens to the new
+	// capacity, bumps the version and returns the client as stored.
 	UpdateLimits(ctx context.Context, id string, l messages.Limits) (messages.Client, error)
 	// RotateKey replaces the client's key (apiKey may be empty when hashed
-	// at rest) and returns the client as it was before, so callers can find
-	// the old key's cache entry.
+	// at rest), bumps the version, and returns the client as it was before
+	// (its version is one less than the new one), so callers can find the
+	// old key's cache entry.
 	RotateKey(ctx context.Context, id, apiKey string, h messages.KeyHash, prefix string) (old messages.Client, err error)
 	// DeleteClient removes the client and returns it as it was.
 	DeleteClient(ctx context.Context, id string) (messages.Client, error)
-	// SaveStates writes many bucket states at once. States of clients that
-	// no longer exist are skipped: a deleted client is never re-created.
+	// SaveStates writes many bucket states at once. A state is skipped
+	// when no client has its id and generation (a deleted client is never
+	// re-created, and one created again with the id is not touched), or
+	// when the stored last_refill is later than the state's.
 	SaveStates(ctx context.Context, states []messages.BucketState) error
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error

@@ -144,6 +144,7 @@ var restartOnly = []struct {
 	{"state_file", false, func(c *config.Config) any { return c.StateFile }},
 	{"admin_api_key", true, func(c *config.Config) any { return c.AdminAPIKey }},
 	{"shutdown_timeout", false, func(c *config.Config) any { return c.ShutdownTimeout }},
+	{"database_connect_timeout", false, func(c *config.Config) any { return c.DatabaseConnectTimeout }},
 	{"access_log", false, func(c *config.Config) any { return c.AccessLog }},
 	{"pprof", false, func(c *config.Config) any { return c.Pprof }},
 	{"load_balancer.health_check_worker_count", false, func(c *config.Config) any { return c.LoadBalancer.HealthCheckWorkerCount }},

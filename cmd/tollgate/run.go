@@ -18,6 +18,7 @@ import (
 	"github.com/tollgate/tollgate/actors"
 	"github.com/tollgate/tollgate/config"
 	"github.com/tollgate/tollgate/httpapi"
+	"github.com/tollgate/tollgate/messages"
 	"github.com/tollgate/tollgate/metrics"
 	"github.com/tollgate/tollgate/persist"
 	"github.com/tollgate/tollgate/pipeline"
@@ -89,19 +90,75 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 
 func openStore(ctx context.Context, cfg *config.Config, log *slog.Logger) (persist.Store, error) {
 	if cfg.DatabaseURL != "" {
-		s, err := persist.OpenPostgres(ctx, cfg.DatabaseURL, log)
+		s, err := openPostgres(ctx, cfg, log)
 		if err != nil {
 			return nil, err
 		}
 		log.Info("store opened", "store", "postgres")
-		return s, nil
+		return s, eraseClearKeys(ctx, cfg, s, log)
 	}
 	s, err := persist.OpenBolt(cfg.StateFile, log)
 	if err != nil {
 		return nil, err
 	}
 	log.Info("store opened", "store", "embedded", "state_file", cfg.StateFile)
-	return s, nil
+	return s, eraseClearKeys(ctx, cfg, s, log)
+}
+
+// Backoff between attempts to reach PostgreSQL at start.
+const (
+	dbRetryMin = 100 * time.Millisecond
+	dbRetryMax = 2 * time.Second
+)
+
+// openPostgres opens the store, retrying with backoff while the server
+// cannot be reached, for up to database_connect_timeout: a database that
+// starts together with Tollgate (compose, a rebooted host) is waited for.
+// Each failure is logged. Errors other than an unreachable server (a bad
+// DSN, a failed migration) are not retried.
+func openPostgres(ctx context.Context, cfg *config.Config, log *slog.Logger) (*persist.Postgres, error) {
+	deadline := time.Now().Add(cfg.DatabaseConnectTimeout)
+	wait := time.NewTimer(0)
+	defer wait.Stop()
+	backoff := dbRetryMin
+	for attempt := 1; ; attempt++ {
+		s, err := persist.OpenPostgres(ctx, cfg.DatabaseURL, log)
+		if err == nil || !errors.Is(err, messages.ErrUnavailable) || ctx.Err() != nil {
+			return s, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("database unreachable for database_connect_timeout (%s): %w", cfg.DatabaseConnectTimeout, err)
+		}
+		pause := min(backoff, left)
+		log.Warn("database unreachable; retrying", "attempt", attempt, "retry_in", pause.String(), slog.Any("err", err))
+		wait.Reset(pause)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-wait.C:
+		}
+		backoff = min(2*backoff, dbRetryMax)
+	}
+}
+
+// eraseClearKeys, with hash_api_keys on, erases the keys the store still
+// keeps in clear from before it was turned on (SPEC 4). It closes s when
+// it fails, since the caller gets no store then.
+func eraseClearKeys(ctx context.Context, cfg *config.Config, s persist.Store, log *slog.Logger) error {
+	eraser, ok := s.(persist.KeyEraser)
+	if !cfg.RateLimiter.HashAPIKeys || !ok {
+		return nil
+	}
+	n, err := eraser.EraseClearKeys(ctx)
+	if err != nil {
+		_ = s.Close()
+		return err
+	}
+	if n > 0 {
+		log.Info("keys kept in clear erased: hash_api_keys is on", "clients", n)
+	}
+	return nil
 }
 
 // app is Tollgate's actors and handlers, wired.
