@@ -76,7 +76,8 @@ type Pipeline struct {
 	maxBody     int64
 	logger      *slog.Logger
 	accessLevel slog.Level
-	obs         Observer // nil: no metrics
+	obs         Observer          // nil: no metrics
+	admObs      AdmissionObserver // obs, when it implements it; else nil
 
 	limits    atomic.Pointer[limits]
 	next      atomic.Uint64 // round-robin position
@@ -107,6 +108,7 @@ func New(opts Options) *Pipeline {
 		accessLevel: slog.LevelDebug,
 		obs:         opts.Observer,
 	}
+	p.admObs, _ = opts.Observer.(AdmissionObserver)
 	p.ids.init()
 	if p.transport == nil {
 		p.transport = newTransport()
@@ -170,6 +172,9 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.admit(d)
+	if p.admObs != nil {
+		p.admObs.ObserveAdmission(d.ClientID, d.Allowed)
+	}
 	if !d.Allowed {
 		if p.obs != nil {
 			p.obs.RateLimited()
