@@ -5,7 +5,7 @@
 'use strict';
 
 const KEY_STORE = 'tollgate.adminKey';
-const REFRESH_MS = 1500;
+const REFRESH_MS = 1000;
 const PAGE_SIZE = 20;
 
 const $ = (id) => document.getElementById(id);
