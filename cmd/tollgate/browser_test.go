@@ -155,7 +155,7 @@ const probeInterval = 2 * time.Second
 type dashboard struct {
 	in       *instance // the main port
 	admin    *instance // the admin port
-	url      string // the admin port's /ui/
+	url      string    // the admin port's /ui/
 	backends []*liveBackend
 	browser  *browser
 }
