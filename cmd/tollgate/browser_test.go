@@ -135,6 +135,16 @@ func (b *browser) waitFor(t *testing.T, what, expr string) {
 	require.NoError(t, err, "waiting for %s", what)
 }
 
+// setInput sets a form field as typing would end up, input event included.
+// (chromedp.SetValue sets the property without the event.)
+func (b *browser) setInput(t *testing.T, id, value string) {
+	t.Helper()
+	ok := eval[bool](t, b, `((el, v) => { if (!el) return false; el.value = v;
+		el.dispatchEvent(new Event('input', {bubbles: true})); return true })(document.getElementById(`+
+		jsString(id)+`), `+jsString(value)+`)`)
+	require.True(t, ok, "no element #%s", id)
+}
+
 // eval returns the value of a JavaScript expression in the page.
 func eval[T any](t *testing.T, b *browser, expr string) T {
 	t.Helper()
@@ -218,10 +228,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	t.Run("change its capacity", func(t *testing.T) {
 		b.do(t, chromedp.Click(chromedp.CSS(`#clients tr[data-client="web-shop"] button[data-action=edit]`)))
 		b.waitFor(t, "the edit dialog", `document.getElementById('edit-dialog').open`)
-		b.do(t,
-			chromedp.SetValue(chromedp.ID("edit-capacity"), "7"),
-			chromedp.Click(chromedp.ID("edit-save")),
-		)
+		b.setInput(t, "edit-capacity", "7")
+		b.do(t, chromedp.Click(chromedp.ID("edit-save")))
 		b.waitFor(t, "the new capacity listed", clientRow("web-shop")+`?.dataset.capacity === "7"`)
 		assert.Equal(t, int64(7), d.admin.getClient(t, newHTTPClient(t), "web-shop").Capacity)
 	})
@@ -246,6 +254,29 @@ func TestDashboardInBrowser(t *testing.T) {
 			`document.querySelector('#top-admitted td')?.textContent === "mobile-app"`)
 		b.waitFor(t, "requests on the traffic chart",
 			`document.querySelector('#traffic [data-series="total"] .muted')?.textContent !== "peak 0/s"`)
+	})
+
+	t.Run("search by id prefix", func(t *testing.T) {
+		b.do(t, chromedp.SendKeys(chromedp.ID("search"), "mob"))
+		b.waitFor(t, "only mobile-app listed",
+			clientRow("web-shop")+` === null && `+clientRow("mobile-app")+` !== null`)
+		b.setInput(t, "search", "w")
+		b.waitFor(t, "only web-shop listed",
+			clientRow("mobile-app")+` === null && `+clientRow("web-shop")+` !== null`)
+		b.setInput(t, "search", "")
+		b.waitFor(t, "both listed", clientRow("mobile-app")+` !== null && `+clientRow("web-shop")+` !== null`)
+	})
+
+	t.Run("rotate a key with confirmation", func(t *testing.T) {
+		hc := newHTTPClient(t)
+		old := d.admin.getClient(t, hc, "mobile-app").APIKey
+		b.do(t, chromedp.Click(chromedp.CSS(`#clients tr[data-client="mobile-app"] button[data-action=rotate]`)))
+		b.waitFor(t, "the confirmation", `document.getElementById('confirm-dialog').open`)
+		b.do(t, chromedp.Click(chromedp.ID("confirm-yes")))
+		b.waitFor(t, "the new key shown", `document.getElementById('new-key-client').textContent === "mobile-app"`)
+		shown := eval[string](t, b, `document.getElementById('new-key-value').textContent`)
+		assert.NotEqual(t, old, shown)
+		assert.Equal(t, shown, d.admin.getClient(t, hc, "mobile-app").APIKey)
 	})
 
 	t.Run("screenshot", func(t *testing.T) {

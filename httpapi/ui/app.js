@@ -39,20 +39,52 @@ function el(tag, text, attrs) {
   return e;
 }
 
-function row(cells, attrs) {
-  const tr = el('tr', null, attrs);
-  for (const c of cells) {
-    const td = el('td');
-    if (c instanceof Node) td.append(c); else td.textContent = c === undefined ? '' : String(c);
-    tr.append(td);
+// syncRows shows items in a table, one row per key. Rows are made once and
+// then updated in place, and the DOM is touched only where something
+// changed, so a button is never swapped under a user's pointer by a
+// refresh. create(item) returns a new row; update(tr, item) fills it in.
+function syncRows(table, items, key, create, update, emptyText) {
+  const tbody = $(table).tBodies[0];
+  if (items.length === 0) {
+    const only = tbody.rows.length === 1 ? tbody.rows[0] : null;
+    if (!only || only.dataset.key !== undefined || only.textContent !== emptyText) {
+      const td = el('td', emptyText, { class: 'muted', colspan: $(table).tHead.rows[0].cells.length });
+      const tr = el('tr');
+      tr.append(td);
+      tbody.replaceChildren(tr);
+    }
+    return;
   }
+  const old = new Map();
+  for (const tr of tbody.rows) if (tr.dataset.key !== undefined) old.set(tr.dataset.key, tr);
+  const rows = items.map((item) => {
+    const k = key(item);
+    let tr = old.get(k);
+    if (!tr) {
+      tr = create(item);
+      tr.dataset.key = k;
+    }
+    update(tr, item);
+    return tr;
+  });
+  const same = rows.length === tbody.rows.length && rows.every((tr, i) => tbody.rows[i] === tr);
+  if (!same) tbody.replaceChildren(...rows);
+}
+
+// cellsRow makes a row of n empty cells.
+function cellsRow(n) {
+  const tr = el('tr');
+  for (let i = 0; i < n; i++) tr.append(el('td'));
   return tr;
 }
 
-function fill(table, rows, empty, columns) {
-  const tbody = $(table).tBodies[0];
-  tbody.replaceChildren(...rows);
-  if (rows.length === 0) tbody.append(row([el('span', empty, { class: 'muted' })].concat(Array(columns - 1).fill(''))));
+function setText(node, value) {
+  const s = value === undefined || value === null ? '' : String(value);
+  if (node.textContent !== s) node.textContent = s;
+}
+
+function setData(tr, name, value) {
+  if (tr.dataset[name] !== String(value)) tr.dataset[name] = value;
 }
 
 function ago(iso) {
@@ -67,13 +99,26 @@ function ago(iso) {
 
 async function loadBackends() {
   const { backends } = await api('GET', '/backends');
-  fill('backends', backends.map((b) => {
-    const health = el('span', b.healthy ? 'healthy' : 'unhealthy', { class: b.healthy ? 'ok' : 'bad' });
+  syncRows('backends', backends, (b) => b.url, () => {
+    const tr = cellsRow(7);
+    tr.cells[1].append(el('span'));
+    return tr;
+  }, (tr, b) => {
+    const c = tr.cells;
     let ejection = '';
     if (b.ejected_until) ejection = 'until ' + new Date(b.ejected_until).toLocaleTimeString() + (b.ejection_reason ? ': ' + b.ejection_reason : '');
-    return row([b.url, health, ago(b.since), b.last_status || '', b.last_check ? b.last_latency_ms + ' ms' : '', b.last_error, ejection],
-      { 'data-url': b.url, 'data-healthy': String(b.healthy) });
-  }), 'no backends', 7);
+    setText(c[0], b.url);
+    const health = c[1].firstChild;
+    setText(health, b.healthy ? 'healthy' : 'unhealthy');
+    health.className = b.healthy ? 'ok' : 'bad';
+    setText(c[2], ago(b.since));
+    setText(c[3], b.last_status || '');
+    setText(c[4], b.last_check ? b.last_latency_ms + ' ms' : '');
+    setText(c[5], b.last_error);
+    setText(c[6], ejection);
+    setData(tr, 'url', b.url);
+    setData(tr, 'healthy', b.healthy);
+  }, 'no backends');
 }
 
 // ---- traffic ----
@@ -115,9 +160,12 @@ async function loadTraffic() {
 
 async function loadTop() {
   const top = await api('GET', '/stats/top-clients?limit=10');
-  const rows = (list) => list.map((e) => row([e.client_id, e.error ? `${e.count} ±${e.error}` : e.count]));
-  fill('top-admitted', rows(top.admitted), 'nobody yet', 2);
-  fill('top-refused', rows(top.refused), 'nobody refused', 2);
+  const show = (table, list, empty) => syncRows(table, list, (e) => e.client_id, () => cellsRow(2), (tr, e) => {
+    setText(tr.cells[0], e.client_id);
+    setText(tr.cells[1], e.error ? `${e.count} ±${e.error}` : e.count);
+  }, empty);
+  show('top-admitted', top.admitted, 'nobody yet');
+  show('top-refused', top.refused, 'nobody refused');
 }
 
 // ---- clients ----
@@ -138,17 +186,26 @@ async function loadClients() {
   pages.next = next;
   $('next-page').disabled = !next;
   $('first-page').disabled = pages.after.length === 1;
-  fill('clients', clients.map((c) => {
+  syncRows('clients', clients, (c) => c.client_id, () => {
+    const tr = cellsRow(6);
     const actions = el('span', null, { class: 'actions' });
     actions.append(
       el('button', 'Edit', { type: 'button', 'data-action': 'edit' }),
       el('button', 'Rotate key', { type: 'button', 'data-action': 'rotate' }),
       el('button', 'Delete', { type: 'button', 'data-action': 'delete', class: 'danger' }));
+    tr.cells[5].append(actions);
+    return tr;
+  }, (tr, c) => {
     const key = c.api_key_prefix ? c.api_key_prefix + '…' : '••••' + c.api_key.slice(-4);
-    return row([c.client_id, key, c.rate_per_sec, c.capacity, c.tokens.toFixed(1), actions], {
-      'data-client': c.client_id, 'data-rate': c.rate_per_sec, 'data-capacity': c.capacity,
-    });
-  }), 'no clients', 6);
+    setText(tr.cells[0], c.client_id);
+    setText(tr.cells[1], key);
+    setText(tr.cells[2], c.rate_per_sec);
+    setText(tr.cells[3], c.capacity);
+    setText(tr.cells[4], c.tokens.toFixed(1));
+    setData(tr, 'client', c.client_id);
+    setData(tr, 'rate', c.rate_per_sec);
+    setData(tr, 'capacity', c.capacity);
+  }, 'no clients');
 }
 
 function showKey(c) {
