@@ -272,8 +272,9 @@ func wiredHandlers(t *testing.T, cfg map[string]any, extraArgs ...string) wired 
 		assert.NoError(t, <-done)
 		assert.NoError(t, store.Close())
 	})
-	w := wired{main: servers[0].srv.Handler, logs: logs}
+	w := wired{main: openapitest.SharedHandler(t, servers[0].srv.Handler), logs: logs}
 	if len(servers) > 1 {
+		w.main = servers[0].srv.Handler // forwards admin paths too
 		w.admin = openapitest.Handler(t, servers[1].srv.Handler)
 	}
 	return w

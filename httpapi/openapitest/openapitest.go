@@ -205,8 +205,25 @@ func report(t testing.TB, x exchange, err error) {
 // exactly what it would unwrapped.
 func Handler(t testing.TB, h http.Handler) http.Handler {
 	t.Helper()
+	return handler(t, h, true)
+}
+
+// SharedHandler is Handler for a main port that also serves the admin API
+// (admin_port 0): requests to admin paths are checked, every other path
+// (and /) is forwarded traffic and passes unchecked.
+func SharedHandler(t testing.TB, h http.Handler) http.Handler {
+	t.Helper()
+	return handler(t, h, false)
+}
+
+func handler(t testing.TB, h http.Handler, strict bool) http.Handler {
+	t.Helper()
 	Load(t)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strict && !isDescribed(r) {
+			h.ServeHTTP(w, r)
+			return
+		}
 		var reqBody []byte
 		if r.Body != nil {
 			// A read error (a body over the limit in a test) leaves what
@@ -217,7 +234,7 @@ func Handler(t testing.TB, h http.Handler) http.Handler {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(&teeWriter{ResponseWriter: w, rec: rec}, r)
 		x := exchange{req: r, reqBody: reqBody, status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
-		if err := check(x, true); err != nil {
+		if err := check(x, strict); err != nil {
 			report(t, x, err)
 		}
 	})
