@@ -20,7 +20,7 @@ fmt-check:
 	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 # Go benchmarks, then Tollgate beside nginx, HAProxy, Caddy and plain Go
-# proxies (../shared/bench). BENCH_PART=go or peers runs one part. Not part
+# proxies (bench/peers.sh). BENCH_PART=go or peers runs one part. Not part
 # of make test or CI; keep the machine quiet while it runs.
 bench:
 	scripts/bench.sh

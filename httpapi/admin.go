@@ -74,6 +74,9 @@ type Options struct {
 	Defaults func() (rate float64, capacity int64)
 	// Metrics serves GET /metrics; nil answers 404.
 	Metrics http.Handler
+	// Traffic serves GET /stats/traffic and /stats/top-clients, the
+	// dashboard's views; nil answers 404.
+	Traffic Traffic
 	// Pprof serves net/http/pprof under /debug/pprof/, behind the same
 	// access rule as every admin path. Off by default: profiles reveal
 	// much and cost CPU.
@@ -92,6 +95,7 @@ type admin struct {
 	backends Backends
 	defaults func() (float64, int64)
 	metrics  http.Handler
+	traffic  Traffic
 	pprof    bool
 	log      *slog.Logger
 	now      func() time.Time
@@ -109,6 +113,7 @@ func NewAdmin(opts Options) http.Handler {
 		backends: opts.Backends,
 		defaults: opts.Defaults,
 		metrics:  opts.Metrics,
+		traffic:  opts.Traffic,
 		pprof:    opts.Pprof,
 		log:      opts.Logger,
 		now:      opts.Now,
@@ -157,6 +162,7 @@ func (a *admin) router() *httprouter.Router {
 		r.Handle(method, "/readyz", a.handle(a.readyz))
 	}
 	r.GET("/metrics", a.handle(a.serveMetrics))
+	a.routeSurfaces(r)
 	if a.pprof {
 		r.Handler(http.MethodGet, PprofPrefix+"*item", pprofHandler())
 		r.Handler(http.MethodPost, PprofPrefix+"symbol", pprofHandler())
@@ -186,7 +192,7 @@ func isProbe(path string) bool { return path == "/healthz" || path == "/readyz" 
 func (a *admin) requireKey(key string, next http.Handler) http.Handler {
 	want := sha256.Sum256([]byte(key))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if isProbe(r.URL.Path) {
+		if isProbe(r.URL.Path) || isStatic(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/julienschmidt/httprouter"
@@ -119,47 +120,77 @@ func (a *admin) getClient(w http.ResponseWriter, r *http.Request, ps httprouter.
 }
 
 func (a *admin) listClients(w http.ResponseWriter, r *http.Request, _ httprouter.Params) error {
-	after, limit, err := parseListQuery(r.URL.RawQuery)
+	q, err := parseListQuery(r.URL.RawQuery)
 	if err != nil {
 		return err
 	}
-	list, err := a.clients.ListClients(r.Context(), after, limit)
+	after := q.after
+	if q.prefix != "" {
+		after = max(after, beforePrefix(q.prefix))
+	}
+	list, err := a.clients.ListClients(r.Context(), after, q.limit)
 	if err != nil {
 		return err
+	}
+	full := len(list) >= q.limit
+	// Ids sort bytewise, so those with the prefix come in one run: the
+	// first id without it ends the run and the listing.
+	for i, c := range list {
+		if !strings.HasPrefix(c.ID, q.prefix) {
+			list, full = list[:i], false
+			break
+		}
 	}
 	out := clientListJSON{Clients: make([]clientJSON, 0, len(list))}
 	for _, c := range list {
 		out.Clients = append(out.Clients, toClientJSON(c))
 	}
-	if len(list) >= limit {
+	if full {
 		out.Next = list[len(list)-1].ID
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 
-// parseListQuery reads ?limit=&after=. Other parameters are ignored, as
-// most APIs do; malformed values are 400.
-func parseListQuery(rawQuery string) (after string, limit int, err error) {
-	q, err := url.ParseQuery(rawQuery)
+// listQuery is GET /clients' query.
+type listQuery struct {
+	after, prefix string
+	limit         int
+}
+
+// parseListQuery reads ?limit=&after=&prefix=. Other parameters are
+// ignored, as most APIs do; malformed values are 400.
+func parseListQuery(rawQuery string) (listQuery, error) {
+	values, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return "", 0, badRequest("malformed query string: %v", err)
+		return listQuery{}, badRequest("malformed query string: %v", err)
 	}
-	limit = defaultPageSize
-	if s := q.Get("limit"); s != "" {
+	q := listQuery{limit: defaultPageSize, after: values.Get("after"), prefix: values.Get("prefix")}
+	if s := values.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > maxPageSize {
-			return "", 0, badRequest("limit: must be an integer from 1 to %d, got %.20q", maxPageSize, s)
+			return listQuery{}, badRequest("limit: must be an integer from 1 to %d, got %.20q", maxPageSize, s)
 		}
-		limit = n
+		q.limit = n
 	}
-	after = q.Get("after")
-	if after != "" {
-		if err := validateClientID("after", after); err != nil {
-			return "", 0, err
+	for _, f := range []struct{ name, value string }{{"after", q.after}, {"prefix", q.prefix}} {
+		if f.value == "" {
+			continue
+		}
+		if err := validateClientID(f.name, f.value); err != nil {
+			return listQuery{}, err
 		}
 	}
-	return after, limit, nil
+	return q, nil
+}
+
+// beforePrefix returns an after value below every valid id that starts
+// with prefix and above every valid id below them: prefix with its last
+// byte lowered by one, then '~', which sorts after every byte an id may
+// hold. prefix is a valid, non-empty id.
+func beforePrefix(prefix string) string {
+	last := len(prefix) - 1
+	return prefix[:last] + string(prefix[last]-1) + "~"
 }
 
 // patchClientByBody serves PATCH /clients, the seed's form: the id is the

@@ -65,28 +65,39 @@ func FuzzDecodePatch(f *testing.F) {
 }
 
 // FuzzParseListQuery checks GET /clients' query: errors are 400s and what
-// is accepted is a page size in [1, 1000] and an empty or valid cursor.
+// is accepted is a page size in [1, 1000] and an empty or valid cursor
+// and prefix.
 func FuzzParseListQuery(f *testing.F) {
 	for _, seed := range []string{
 		"", "limit=10", "limit=1000&after=alice", "limit=0", "limit=1001", "limit=-1",
 		"limit=1e3", "limit=9999999999999999999999", "after=%27%3B%20DROP%20TABLE%20clients%3B--",
 		"after=%ff", "after=%", "limit=5;after=x", "after=a&after=b", "limit=%00",
+		"prefix=a", "prefix=-", "prefix=%2F", "prefix=a~",
 	} {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, rawQuery string) {
-		after, limit, err := parseListQuery(rawQuery)
+		q, err := parseListQuery(rawQuery)
 		if err != nil {
 			if !errors.Is(err, errBadRequest) {
 				t.Fatalf("error %v is not a 400", err)
 			}
 			return
 		}
-		if limit < 1 || limit > maxPageSize {
-			t.Fatalf("accepted limit %d", limit)
+		if q.limit < 1 || q.limit > maxPageSize {
+			t.Fatalf("accepted limit %d", q.limit)
 		}
-		if after != "" && validateClientID("after", after) != nil {
-			t.Fatalf("accepted after %q", after)
+		if q.after != "" && validateClientID("after", q.after) != nil {
+			t.Fatalf("accepted after %q", q.after)
+		}
+		if q.prefix == "" {
+			return
+		}
+		if validateClientID("prefix", q.prefix) != nil {
+			t.Fatalf("accepted prefix %q", q.prefix)
+		}
+		if b := beforePrefix(q.prefix); b >= q.prefix {
+			t.Fatalf("beforePrefix(%q) = %q does not sort before it", q.prefix, b)
 		}
 	})
 }

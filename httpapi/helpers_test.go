@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tollgate/tollgate/httpapi/openapitest"
 	"github.com/tollgate/tollgate/messages"
 )
 
@@ -51,7 +52,7 @@ func newTestAdmin(t *testing.T, hashed bool, edit ...func(*Options)) *testAdmin 
 	for _, e := range edit {
 		e(&opts)
 	}
-	ta.handler = NewAdmin(opts)
+	ta.handler = openapitest.Handler(t, NewAdmin(opts))
 	return ta
 }
 

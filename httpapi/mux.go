@@ -10,8 +10,9 @@ import (
 // (admin_port 0): admin paths go to admin, every other path to forward.
 // The split is a few string comparisons, so proxied requests pay no router
 // work. Admin paths are exactly /clients, /backends, /healthz, /readyz,
-// /metrics and everything under /clients/; anything else, /backends/x or
-// /Clients included, is forwarded. With admin_port set, the main port
+// /metrics, /openapi.json, /ui and everything under /clients/, /stats/ and
+// /ui/ (SPEC 11); anything else, / and /backends/x or /Clients included,
+// is forwarded. With admin_port set, the main port
 // serves forward alone and this is not used.
 //
 // extraPrefixes are further path prefixes the admin API owns, such as
@@ -29,10 +30,11 @@ func NewMain(admin, forward http.Handler, extraPrefixes ...string) http.Handler 
 // isAdminPath reports whether the admin API owns path on a shared port.
 func isAdminPath(path string) bool {
 	switch path {
-	case "/clients", "/backends", "/healthz", "/readyz", "/metrics":
+	case "/clients", "/backends", "/healthz", "/readyz", "/metrics", "/openapi.json", "/ui":
 		return true
 	}
-	return strings.HasPrefix(path, "/clients/")
+	return strings.HasPrefix(path, "/clients/") || strings.HasPrefix(path, "/stats/") ||
+		strings.HasPrefix(path, UIPrefix)
 }
 
 func hasAnyPrefix(path string, prefixes []string) bool {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tollgate/tollgate/messages"
 	"github.com/tollgate/tollgate/metrics"
+	"github.com/tollgate/tollgate/traffic"
 )
 
 // BenchmarkServeHTTP measures one request through authenticate, admit,
@@ -20,8 +21,9 @@ import (
 // keep-alive connections, so its allocations include the backend server's
 // and the transport's; "stub" swaps the network for a RoundTripper that
 // answers at once, leaving the pipeline's and ReverseProxy's own cost.
-// Each runs without an Observer and with package metrics' (metrics=on),
-// whose difference is the per-request cost of metrics.
+// Each runs without an Observer, with package metrics' (metrics=on), and
+// with metrics and the dashboard's traffic counters as cmd wires them
+// (metrics+traffic): the differences are the per-request costs of each.
 func BenchmarkServeHTTP(b *testing.B) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header()["Content-Length"] = []string{"2"}
@@ -72,8 +74,27 @@ func BenchmarkServeHTTP(b *testing.B) {
 		b.Run(tr.name, func(b *testing.B) {
 			b.Run("metrics=off", func(b *testing.B) { run(b, tr.rt, nil) })
 			b.Run("metrics=on", func(b *testing.B) { run(b, tr.rt, metrics.New()) })
+			b.Run("metrics+traffic", func(b *testing.B) {
+				run(b, tr.rt, withTraffic{metrics.New(), traffic.New(nil)})
+			})
 		})
 	}
+}
+
+// withTraffic is the observer cmd wires: metrics and the dashboard's
+// traffic counters, which also see each admission's client.
+type withTraffic struct {
+	*metrics.Metrics
+	traffic *traffic.Counters
+}
+
+func (o withTraffic) ObserveRequest(b messages.Backend, status int, d time.Duration) {
+	o.Metrics.ObserveRequest(b, status, d)
+	o.traffic.ObserveRequest(status)
+}
+
+func (o withTraffic) ObserveAdmission(clientID string, allowed bool) {
+	o.traffic.ObserveAdmission(clientID, allowed)
 }
 
 func benchRequest() (*http.Request, *discardWriter) {

@@ -32,6 +32,15 @@ type Observer interface {
 	AuthFailed(reason string)
 }
 
+// AdmissionObserver may also be implemented by an Options.Observer: it is
+// then told every admission decision with its client, for per-client
+// views such as the dashboard's top clients. Those views bound their own
+// memory; metrics must not, since a client label grows without bound.
+// ObserveAdmission runs on the request path, like Observer's methods.
+type AdmissionObserver interface {
+	ObserveAdmission(clientID string, allowed bool)
+}
+
 // Attempt results passed to Observer.ObserveAttempt.
 const (
 	AttemptSuccess   = "success"    // the backend answered and the answer stands

@@ -205,3 +205,46 @@ func TestAccessLogCountsBodyBytes(t *testing.T) {
 	}
 	assert.Equal(t, []any{12.0, float64(len(errBody))}, got)
 }
+
+// admissionRecorder is a recorder that also implements AdmissionObserver.
+type admissionRecorder struct{ *recorder }
+
+var _ AdmissionObserver = admissionRecorder{}
+
+func (r admissionRecorder) ObserveAdmission(clientID string, allowed bool) {
+	r.add("admission %s %t", clientID, allowed)
+}
+
+func TestAdmissionObserverSeesEachDecisionWithItsClient(t *testing.T) {
+	good := newBackend(t, answering(http.StatusOK, "ok"))
+	host := strings.TrimPrefix(good.URL, "http://")
+	refuse := func(context.Context, string) (messages.Decision, error) {
+		return messages.Decision{ClientID: testClientID, Limit: 1, RetryAfter: time.Second}, nil
+	}
+	tests := []struct {
+		name  string
+		admit func(context.Context, string) (messages.Decision, error)
+		auth  string
+		want  []string
+	}{
+		{name: "admitted", want: []string{"admission " + testClientID + " true",
+			"attempt " + host + " success", "request " + host + " 200"}},
+		{name: "refused", admit: refuse, want: []string{"admission " + testClientID + " false",
+			"rate_limited", "request none 429"}},
+		{name: "no decision without a key", auth: "Bearer two words",
+			want: []string{"auth malformed", "request none 401"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := admissionRecorder{newRecorder()}
+			h := newHarness(t, setup{backends: []string{good.URL}, admit: tt.admit,
+				opts: Options{Observer: rec}})
+			r := request{}
+			if tt.auth != "" {
+				r.header = http.Header{"Authorization": {tt.auth}}
+			}
+			_, _ = h.do(t, r)
+			assert.Equal(t, tt.want, rec.wait(t))
+		})
+	}
+}

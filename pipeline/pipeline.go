@@ -85,7 +85,8 @@ type Pipeline struct {
 	retryBuffer bufferBudget // bytes of bodies held for retries
 	logger      *slog.Logger
 	accessLevel slog.Level
-	obs         Observer // nil: no metrics
+	obs         Observer          // nil: no metrics
+	admObs      AdmissionObserver // obs, when it implements it; else nil
 
 	limits    atomic.Pointer[limits]
 	next      atomic.Uint64 // round-robin position
@@ -117,6 +118,7 @@ func New(opts Options) *Pipeline {
 		obs:         opts.Observer,
 	}
 	p.retryBuffer.limit = max(opts.MaxRetryBufferBytes, 0)
+	p.admObs, _ = opts.Observer.(AdmissionObserver)
 	p.ids.init()
 	if p.transport == nil {
 		p.transport = newTransport()
@@ -194,6 +196,9 @@ func (p *Pipeline) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	x.admit(d)
+	if p.admObs != nil {
+		p.admObs.ObserveAdmission(d.ClientID, d.Allowed)
+	}
 	if !d.Allowed {
 		if p.obs != nil {
 			p.obs.RateLimited()

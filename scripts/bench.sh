@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # make bench: the Go benchmarks, then Tollgate side by side with nginx,
-# HAProxy, Caddy and plain Go proxies through ../shared/bench/run.sh.
+# HAProxy, Caddy and plain Go proxies through the project's own harness,
+# bench/peers.sh.
 #
 #   scripts/bench.sh            # both parts
 #   BENCH_PART=go scripts/bench.sh       # Go benchmarks only
 #   BENCH_PART=peers scripts/bench.sh    # the peer comparison only
 #   BENCH_PART=latency scripts/bench.sh  # fixed-rate latency, Tollgate vs gopool
 #
-# The peer run's knobs (ROUNDS, CONNS, DURATION, LAYOUTS, ...) pass through;
-# see the header of ../shared/bench/run.sh. Results go to bench/results/
+# The peer run's knobs (ROUNDS, CONNS, DURATION, PEERS, LAYOUT, ...) pass
+# through; see the header of bench/peers.sh. Results go to bench/results/
 # (ignored by git): go.txt, and the peer run's report.md, results.tsv, ...
 # It installs what the peer run needs when missing (nginx, haproxy, wrk from
 # Debian; Caddy from the Go module proxy). Keep the machine quiet meanwhile.
@@ -27,8 +28,7 @@ if [[ $PART == all || $PART == go ]]; then
 fi
 [[ $PART == all || $PART == peers || $PART == latency ]] || exit 0
 
-harness=${PEERBENCH:-../shared/bench/run.sh}
-[[ -x $harness || -f $harness ]] || { echo "bench: no peer harness at $harness" >&2; exit 1; }
+harness=bench/peers.sh
 
 missing=()
 for tool in nginx haproxy wrk; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -90,13 +90,13 @@ wait "$pid"
 if [[ $PART == all || $PART == peers ]]; then
 	echo "--- peer comparison"
 	out="$RESULTS/peers-$stamp"
-	OUTDIR="$PWD/$out" EXTRA_NAME=tollgate WRK_HEADER="Authorization: Bearer $key" \
+	OUTDIR="$PWD/$out" EXTRA_NAME=tollgate HEADER="Authorization: Bearer $key" \
 		bash "$harness" 18095 "$PWD/bin/tollgate" -config "$work/bench.json"
 	echo "bench: results in $out"
 fi
 if [[ $PART == all || $PART == latency ]]; then
 	echo "--- latency at a fixed rate"
 	out="$RESULTS/latency-$stamp"
-	HARNESS_DIR="$(dirname "$harness")" scripts/latency.sh "$PWD/bin/tollgate" "$work/bench.json" "$key" "$out"
+	scripts/latency.sh "$PWD/bin/tollgate" "$work/bench.json" "$key" "$out"
 	echo "bench: results in $out"
 fi

@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Latency at a fixed rate, the open-loop figure wrk cannot give: vegeta sends
-# RATE requests/s for DURATION seconds to the peer harness's "gopool" (plain
+# RATE requests/s for DURATION seconds to bench/goproxy -pool ("gopool", plain
 # httputil.ReverseProxy with a buffer pool) and to Tollgate, alternating for
-# ROUNDS rounds, in the harness's split layout: the proxy alone on CPU 0, the
+# ROUNDS rounds, in bench/peers.sh's split layout: the proxy alone on CPU 0, the
 # load generator and both backends on CPU 1. Prints each run's latency
 # percentiles and success ratio, then medians per proxy.
 #
 #   scripts/latency.sh TOLLGATE_BINARY CONFIG API_KEY OUTDIR
 #
 # CONFIG must make Tollgate listen on 127.0.0.1:18095 and forward to the
-# harness backends, 127.0.0.1:18081 and :18082, with API_KEY's client in its
+# bench backends, 127.0.0.1:18081 and :18082, with API_KEY's client in its
 # store (scripts/bench.sh writes and seeds one). "direct" is vegeta straight
 # to backend 1: the floor that the load generator and the machine set.
-# Knobs: RATE [2000]; DURATION [10]; ROUNDS [3]; HARNESS_DIR
-# [../shared/bench]. On the 2-core machine this was written on, vegeta
+# Knobs: RATE [2000]; DURATION [10]; ROUNDS [3]. On the 2-core machine this was written on, vegeta
 # pinned beside the backends falls behind above about 2,500 requests/s even
 # against a backend alone (its latencies then measure its own queue), so
 # the default stays below that rather than at half of gopool's peak.
@@ -29,7 +28,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 
 RATE=${RATE:-2000} DURATION=${DURATION:-10} ROUNDS=${ROUNDS:-3}
-harness=${HARNESS_DIR:-../shared/bench}
 mkdir -p "$out"
 
 if ! command -v vegeta >/dev/null; then
@@ -61,7 +59,7 @@ stop_last() {
 }
 trap 'stop_all; rm -rf "$tools"' EXIT
 
-(cd "$harness" && go build -o "$tools/" ./backend ./goproxy)
+go build -o "$tools/" ./bench/backend ./bench/goproxy
 
 # start CPU NAME COMMAND...: runs COMMAND pinned to CPU in its own session.
 start() {
@@ -115,7 +113,7 @@ printf "proxy\tround\trate\tp50_us\tp90_us\tp99_us\tmax_us\tsuccess\n" >"$out/la
 for round in $(seq 1 "$ROUNDS"); do
 	attack direct http://127.0.0.1:18081/ "$round"
 
-	start 0 gopool "$tools/goproxy" -addr 127.0.0.1:18094 -bufpool
+	start 0 gopool "$tools/goproxy" -addr 127.0.0.1:18094 -pool
 	wait_ok http://127.0.0.1:18094/
 	attack gopool http://127.0.0.1:18094/ "$round"
 	stop_last

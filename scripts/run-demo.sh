@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make run: two demo backends on 127.0.0.1:8081/8082 and Tollgate on :8080
 # with the embedded store and config.json; creates (or reuses) a demo client
-# and prints a curl line with its key. Ctrl-C stops everything it started.
+# and prints a curl line with its key and the dashboard's URL. Ctrl-C stops
+# everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -57,6 +58,8 @@ Tollgate is up on :8080 (admin API on the same port), backends on :8081 and :808
 Try:
   curl -i -H 'Authorization: Bearer $key' http://127.0.0.1:8080/hello
   curl -s http://127.0.0.1:8080/backends
+Dashboard: $ADMIN/ui/  (open it in a browser on this machine${TOLLGATE_ADMIN_KEY:+; sign in with \$TOLLGATE_ADMIN_KEY})
+API description: $ADMIN/openapi.json
 Ctrl-C stops everything.
 MSG
 wait "${pids[2]}"

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/config"
+	"github.com/tollgate/tollgate/httpapi/openapitest"
 )
 
 // SPEC 4 "Admin authentication", rule by rule, on a running instance.
@@ -43,8 +44,21 @@ func adminRoutes() []adminRoute {
 }
 
 // send makes one request with an optional raw Authorization value and
-// returns the answer, body read.
+// returns the answer, body read. Admin paths are checked against the
+// OpenAPI description.
 func send(t *testing.T, method, url, authorization, body string) (*http.Response, string) {
+	t.Helper()
+	return sendWith(t, checkedClient(t), method, url, authorization, body)
+}
+
+// sendForwarded is send for admin paths on a port that forwards them,
+// whose answers are the backend's, not the admin API's.
+func sendForwarded(t *testing.T, method, url, authorization, body string) (*http.Response, string) {
+	t.Helper()
+	return sendWith(t, http.DefaultClient, method, url, authorization, body)
+}
+
+func sendWith(t *testing.T, hc *http.Client, method, url, authorization, body string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	require.NoError(t, err)
@@ -54,7 +68,7 @@ func send(t *testing.T, method, url, authorization, body string) (*http.Response
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -258,9 +272,10 @@ func wiredHandlers(t *testing.T, cfg map[string]any, extraArgs ...string) wired 
 		assert.NoError(t, <-done)
 		assert.NoError(t, store.Close())
 	})
-	w := wired{main: servers[0].srv.Handler, logs: logs}
+	w := wired{main: openapitest.SharedHandler(t, servers[0].srv.Handler), logs: logs}
 	if len(servers) > 1 {
-		w.admin = servers[1].srv.Handler
+		w.main = servers[0].srv.Handler // forwards admin paths too
+		w.admin = openapitest.Handler(t, servers[1].srv.Handler)
 	}
 	return w
 }
@@ -351,12 +366,12 @@ func TestAdminPortSeparation(t *testing.T) {
 		}
 		for _, r := range paths {
 			before := len(rec.seen())
-			resp, body := send(t, r.method, mainBase+r.path, "", r.body)
+			resp, body := sendForwarded(t, r.method, mainBase+r.path, "", r.body)
 			assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s %s without an API key: %s", r.method, r.path, body)
 			assert.Equal(t, "missing api key", jsonMessage(body), "the pipeline's 401, not the admin API's")
-			resp, body = send(t, r.method, mainBase+r.path, right, r.body)
+			resp, body = sendForwarded(t, r.method, mainBase+r.path, right, r.body)
 			assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s %s with the admin key: %s", r.method, r.path, body)
-			resp, body = send(t, r.method, mainBase+r.path, "Bearer "+key, r.body)
+			resp, body = sendForwarded(t, r.method, mainBase+r.path, "Bearer "+key, r.body)
 			require.Equal(t, http.StatusOK, resp.StatusCode, "%s %s with an API key: %s", r.method, r.path, body)
 			assert.Equal(t, "ok", body, "the backend's answer")
 			seen := rec.seen()[before:]

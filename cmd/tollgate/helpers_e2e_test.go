@@ -14,13 +14,16 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/httpapi/openapitest"
 )
 
 // The helpers below drive a running instance the way its users do: over
 // HTTP on loopback. Helpers that may run off the test goroutine return
 // errors instead of failing the test.
 
-// newHTTPClient returns a client whose pool keeps enough idle connections
+// newHTTPClient returns a client, checking admin traffic against the
+// OpenAPI description (openapitest), whose pool keeps enough idle connections
 // for concurrent tests (the default of 2 per host would open and drop a
 // connection per request) and closes them when the test ends, so no
 // connection goroutine is left for goleak. Its timeout only keeps a hung
@@ -34,7 +37,14 @@ func newHTTPClient(t *testing.T) *http.Client {
 		DisableCompression:  true,
 	}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return &http.Client{Transport: openapitest.Transport(t, tr), Timeout: 30 * time.Second}
+}
+
+// checkedClient is http.DefaultClient with every admin request and answer
+// checked against the OpenAPI description.
+func checkedClient(t *testing.T) *http.Client {
+	t.Helper()
+	return &http.Client{Transport: openapitest.Transport(t, nil)}
 }
 
 // admin returns an instance whose addr is in's admin port, for the admin

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tollgate/tollgate/config"
+	"github.com/tollgate/tollgate/httpapi/openapitest"
 )
 
 // liveApp is an in-process Tollgate whose app the test holds, so that it
@@ -88,7 +89,7 @@ func opsHTTPClient(t *testing.T) *http.Client {
 	t.Helper()
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
 	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	return &http.Client{Transport: openapitest.Transport(t, tr), Timeout: 10 * time.Second}
 }
 
 // opsDo sends one request to addr and returns its status and body. It

@@ -22,6 +22,7 @@ import (
 	"github.com/tollgate/tollgate/metrics"
 	"github.com/tollgate/tollgate/persist"
 	"github.com/tollgate/tollgate/pipeline"
+	"github.com/tollgate/tollgate/traffic"
 )
 
 // options are the command-line flags. The address overrides exist so that
@@ -178,6 +179,7 @@ type app struct {
 func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log *slog.Logger) (*app, error) {
 	rl, lb := cfg.RateLimiter, cfg.LoadBalancer
 	m := metrics.New()
+	counters := traffic.New(nil)
 	// The measured store is a persist.Store only: optional interfaces
 	// such as persist.Watcher are asked of store itself.
 	measured := m.InstrumentStore(store)
@@ -216,7 +218,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			MaxRetryBufferBytes: lb.MaxRetryBufferBytes,
 			Logger:              log,
 			AccessLog:           cfg.AccessLog,
-			Observer:            m,
+			Observer:            observers{Metrics: m, traffic: counters},
 		}),
 	}
 	a.live.cfg = cfg
@@ -227,6 +229,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 		AdminKey: cfg.AdminAPIKey,
 		Defaults: a.live.clientDefaults,
 		Metrics:  m.Handler(),
+		Traffic:  counters,
 		Pprof:    cfg.Pprof,
 		Logger:   log,
 	})

@@ -192,7 +192,7 @@ func TestEmbeddedStoreStartsServesAndStops(t *testing.T) {
 	require.Len(t, store, 1)
 	assert.Equal(t, "embedded", store[0]["store"])
 
-	resp, err := http.Post("http://"+in.addr+"/clients", "application/json", strings.NewReader(`{"client_id":"e2e","capacity":2}`))
+	resp, err := checkedClient(t).Post("http://"+in.addr+"/clients", "application/json", strings.NewReader(`{"client_id":"e2e","capacity":2}`))
 	require.NoError(t, err)
 	var created struct {
 		APIKey string `json:"api_key"`

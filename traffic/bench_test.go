@@ -1,0 +1,30 @@
+package traffic
+
+import (
+	"fmt"
+	"testing"
+)
+
+// BenchmarkObserve measures what one proxied request costs the counters:
+// a status count and an admission count, for few clients (the sketch
+// finds each) and for many (every newcomer evicts from a full sketch).
+func BenchmarkObserve(b *testing.B) {
+	for _, clients := range []int{10, 10_000} {
+		ids := make([]string, clients)
+		for i := range ids {
+			ids[i] = fmt.Sprintf("client-%d", i)
+		}
+		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
+			c := New(nil)
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				i := 0
+				for pb.Next() {
+					c.ObserveRequest(200)
+					c.ObserveAdmission(ids[i%len(ids)], i%8 != 0)
+					i++
+				}
+			})
+		})
+	}
+}

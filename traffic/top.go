@@ -1,0 +1,188 @@
+package traffic
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+// Top lists are kept per bucket of bucketSpan, numBuckets of them in a
+// ring: the views merge the buckets of the last Window plus the one being
+// filled, so they reach between Window and Window+bucketSpan back.
+const (
+	bucketSpan = 30 * time.Second
+	numBuckets = int(Window/bucketSpan) + 1
+	// sketchSize is how many clients each bucket's sketch tracks. Clients
+	// with more than 1/sketchSize of a bucket's requests are always in it.
+	sketchSize = 64
+)
+
+// topClients is the windowed view; Counters.mu guards it.
+type topClients struct {
+	buckets [numBuckets]bucket
+}
+
+type bucket struct {
+	n        int64 // bucket number (unix time / bucketSpan); -1 when unused
+	admitted sketch
+	refused  sketch
+}
+
+func (t *topClients) init() {
+	for i := range t.buckets {
+		t.buckets[i].n = -1
+		t.buckets[i].admitted.init()
+		t.buckets[i].refused.init()
+	}
+}
+
+func bucketOf(now time.Time) int64 { return now.Unix() / int64(bucketSpan/time.Second) }
+
+func (t *topClients) add(now time.Time, clientID string, allowed bool) {
+	n := bucketOf(now)
+	b := &t.buckets[n%int64(numBuckets)]
+	if b.n != n {
+		b.n = n
+		b.admitted.reset()
+		b.refused.reset()
+	}
+	if allowed {
+		b.admitted.add(clientID)
+	} else {
+		b.refused.add(clientID)
+	}
+}
+
+// top merges the live buckets' sketches and returns the n largest.
+func (t *topClients) top(now time.Time, n int, admitted bool) []messages.TopClient {
+	cur := bucketOf(now)
+	merged := map[string]*messages.TopClient{}
+	// missing is what a client first seen in this bucket may have had in
+	// the earlier ones, where full sketches did not keep it.
+	var missing uint64
+	for i := range t.buckets {
+		b := &t.buckets[i]
+		if b.n < 0 || b.n <= cur-int64(numBuckets) || b.n > cur {
+			continue
+		}
+		s := &b.refused
+		if admitted {
+			s = &b.admitted
+		}
+		floor := s.floor()
+		for _, e := range s.heap {
+			m := merged[e.id]
+			if m == nil {
+				m = &messages.TopClient{ClientID: e.id, Error: missing}
+				merged[e.id] = m
+			}
+			m.Count += e.count
+			m.Error += e.err
+		}
+		for id, m := range merged {
+			if _, ok := s.index[id]; !ok {
+				m.Error += floor
+			}
+		}
+		missing += floor
+	}
+	out := make([]messages.TopClient, 0, len(merged))
+	for _, m := range merged {
+		out = append(out, *m)
+	}
+	slices.SortFunc(out, func(a, b messages.TopClient) int {
+		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.ClientID, b.ClientID))
+	})
+	return out[:min(n, len(out))]
+}
+
+// sketch is a space-saving counter (Metwally, Agrawal, El Abbadi 2005):
+// at most sketchSize clients; a newcomer when full replaces the client with
+// the smallest count and inherits that count as its possible error. Every
+// client with more than total/sketchSize requests is kept. The entries
+// form a min-heap by count, so both an increment and an eviction take
+// O(log sketchSize) steps.
+type sketch struct {
+	heap  []sketchEntry
+	index map[string]int // client id → position in heap
+}
+
+type sketchEntry struct {
+	id    string
+	count uint64
+	err   uint64
+}
+
+func (s *sketch) init() {
+	s.heap = make([]sketchEntry, 0, sketchSize)
+	s.index = make(map[string]int, sketchSize)
+}
+
+func (s *sketch) reset() {
+	s.heap = s.heap[:0]
+	clear(s.index)
+}
+
+func (s *sketch) add(id string) {
+	if i, ok := s.index[id]; ok {
+		s.heap[i].count++
+		s.down(i)
+		return
+	}
+	if len(s.heap) < sketchSize {
+		s.heap = append(s.heap, sketchEntry{id: id, count: 1})
+		s.index[id] = len(s.heap) - 1
+		s.up(len(s.heap) - 1)
+		return
+	}
+	smallest := s.heap[0]
+	delete(s.index, smallest.id)
+	s.heap[0] = sketchEntry{id: id, count: smallest.count + 1, err: smallest.count}
+	s.index[id] = 0
+	s.down(0)
+}
+
+// up and down restore the heap order around i, keeping index current.
+func (s *sketch) up(i int) {
+	for i > 0 {
+		parent := (i - 1) / 2
+		if s.heap[parent].count <= s.heap[i].count {
+			return
+		}
+		s.swap(i, parent)
+		i = parent
+	}
+}
+
+func (s *sketch) down(i int) {
+	for {
+		least := i
+		for _, c := range []int{2*i + 1, 2*i + 2} {
+			if c < len(s.heap) && s.heap[c].count < s.heap[least].count {
+				least = c
+			}
+		}
+		if least == i {
+			return
+		}
+		s.swap(i, least)
+		i = least
+	}
+}
+
+func (s *sketch) swap(i, j int) {
+	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
+	s.index[s.heap[i].id] = i
+	s.index[s.heap[j].id] = j
+}
+
+// floor is the most a client absent from the sketch can have had: the
+// smallest count when the sketch is full, else 0.
+func (s *sketch) floor() uint64 {
+	if len(s.heap) < sketchSize {
+		return 0
+	}
+	return s.heap[0].count
+}
