@@ -206,7 +206,9 @@ func (l *Limiter) Admit(ctx context.Context, apiKey string) (messages.Decision, 
 	var err error
 	switch {
 	case rep.load:
-		l.load(ctx, s, r)
+		if !l.load(ctx, s, r) {
+			return messages.Decision{}, ctx.Err() // r stays with the shard
+		}
 		rep, err = l.await(ctx, s, r)
 	case rep.queued:
 		rep, err = l.await(ctx, s, r)
@@ -242,10 +244,13 @@ func (l *Limiter) await(ctx context.Context, s *shard, r *admitReq) (admitReply,
 // loop, and hands the result to the shard, which answers r and every
 // request that queued behind it. The load does not follow the caller's
 // cancellation: others may be waiting on it. It is bounded by LoadTimeout.
-func (l *Limiter) load(ctx context.Context, s *shard, r *admitReq) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.loadTimeout)
+// It reports false when the caller gave up meanwhile: r is then abandoned
+// (the shard serves the waiters and gives r no token) and must not be
+// awaited.
+func (l *Limiter) load(ctx context.Context, s *shard, r *admitReq) bool {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.loadTimeout)
 	defer cancel()
-	c, err := l.store.GetClientByKey(ctx, r.hash)
+	c, err := l.store.GetClientByKey(lctx, r.hash)
 	switch {
 	case err == nil:
 	case errors.Is(err, messages.ErrNotFound):
@@ -253,10 +258,15 @@ func (l *Limiter) load(ctx context.Context, s *shard, r *admitReq) {
 	case !errors.Is(err, messages.ErrUnavailable):
 		err = fmt.Errorf("%w: %w", messages.ErrUnavailable, err)
 	}
+	// r was handed over taken (see shard.admit); from here its caller may
+	// give up on it like any waiter.
+	r.release()
+	quit := ctx.Err() != nil && r.abandon()
 	select {
 	case s.ctlc <- &loadDone{hash: r.hash, client: c, err: err, loader: r}:
 	case <-s.done:
 	}
+	return !quit
 }
 
 // ask sends msg to s and waits for its reply on reply.

@@ -37,11 +37,17 @@ func newAdminOrder() adminOrder {
 	return o
 }
 
-// lock takes id's stripe and returns its unlock.
-func (o *adminOrder) lock(id string) func() {
+// lock takes id's stripe and returns its unlock, or ctx's error when ctx
+// ends first (a write queued behind a slow one on the same stripe can
+// still be cancelled; nothing has changed then).
+func (o *adminOrder) lock(ctx context.Context, id string) (func(), error) {
 	c := o.stripes[maphash.String(o.seed, id)%uint64(len(o.stripes))]
-	c <- struct{}{}
-	return func() { <-c }
+	select {
+	case c <- struct{}{}:
+		return func() { <-c }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }
 
 // tell sends an admin change to s after the store committed it and returns
@@ -63,7 +69,11 @@ func newGeneration() int64 { return rand.Int64N(math.MaxInt64) + 1 }
 func (l *Limiter) CreateClient(ctx context.Context, c messages.Client) (messages.Client, error) {
 	c.Generation, c.Version = newGeneration(), 1
 	stored := l.atRest(c)
-	defer l.order.lock(c.ID)()
+	unlock, err := l.order.lock(ctx, c.ID)
+	if err != nil {
+		return messages.Client{}, err
+	}
+	defer unlock()
 	if err := l.store.CreateClient(ctx, stored); err != nil {
 		return messages.Client{}, err
 	}
@@ -99,7 +109,11 @@ func (l *Limiter) ListClients(ctx context.Context, after string, limit int) ([]m
 // cached or not, refills at the old rate up to now, then takes the new
 // limits, its tokens clamped to the new capacity.
 func (l *Limiter) UpdateLimits(ctx context.Context, id string, lim messages.Limits) (messages.Client, error) {
-	defer l.order.lock(id)()
+	unlock, err := l.order.lock(ctx, id)
+	if err != nil {
+		return messages.Client{}, err
+	}
+	defer unlock()
 	lim.At = l.cfg.clk.toWall(l.cfg.clk.now())
 	c, err := l.store.UpdateLimits(ctx, id, lim)
 	if err != nil {
@@ -113,7 +127,11 @@ func (l *Limiter) UpdateLimits(ctx context.Context, id string, lim messages.Limi
 // DeleteClient removes a client; its key is refused from the next request
 // on, and its bucket is never written back.
 func (l *Limiter) DeleteClient(ctx context.Context, id string) error {
-	defer l.order.lock(id)()
+	unlock, err := l.order.lock(ctx, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := l.store.DeleteClient(ctx, id)
 	if err != nil {
 		return err
@@ -129,7 +147,11 @@ func (l *Limiter) DeleteClient(ctx context.Context, id string) error {
 func (l *Limiter) RotateKey(ctx context.Context, id, newKey string) (messages.Client, error) {
 	next := messages.Client{APIKey: newKey, KeyHash: messages.HashKey(newKey), KeyPrefix: messages.KeyPrefix(newKey)}
 	stored := l.atRest(next)
-	defer l.order.lock(id)()
+	unlock, err := l.order.lock(ctx, id)
+	if err != nil {
+		return messages.Client{}, err
+	}
+	defer unlock()
 	old, err := l.store.RotateKey(ctx, id, stored.APIKey, stored.KeyHash, stored.KeyPrefix)
 	if err != nil {
 		return messages.Client{}, err

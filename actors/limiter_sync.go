@@ -20,7 +20,11 @@ func (l *Limiter) ApplyChange(ctx context.Context, ch messages.Change) error {
 	if ch.Resync {
 		return l.Resync(ctx, ch.DropCache)
 	}
-	defer l.order.lock(ch.ClientID)()
+	unlock, err := l.order.lock(ctx, ch.ClientID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := l.store.GetClient(ctx, ch.ClientID)
 	gone := errors.Is(err, messages.ErrNotFound)
 	if err != nil && !gone {

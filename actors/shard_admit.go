@@ -29,8 +29,12 @@ import (
 //     taken the same way before it takes a token. Only one wins: a request
 //     abandoned first takes no token; one the shard took first is answered
 //     at once, and the caller waits for that answer.
+//  6. A request told to load stays taken until it has loaded: Limiter.load
+//     releases it (or abandons it, for a caller already gone) just before
+//     reporting loadDone, so a pending load is always reported and no key
+//     is left waiting on a loader that went away.
 //
-// Each has a test in shard_admit_test.go.
+// Each has a test in shard_admit_test.go (6: loader_quits_test.go).
 type admitReq struct {
 	hash  messages.KeyHash
 	now   int64
@@ -61,8 +65,8 @@ func newAdmitReq() any { return &admitReq{reply: make(chan admitReply, 2)} }
 // claim takes r for answering, unless its caller abandoned it.
 func (r *admitReq) claim() bool { return r.state.CompareAndSwap(reqWaiting, reqTaken) }
 
-// release hands r back to its caller, who may give up on it again, before
-// an intermediate reply ("load", "queued").
+// release hands r back to its caller, who may give up on it again: before
+// a "queued" reply, and by the loader once its load is done.
 func (r *admitReq) release() { r.state.Store(reqWaiting) }
 
 // abandon gives r up, unless the shard has taken it: then its answer is on
@@ -142,8 +146,10 @@ func (s *shard) admit(r *admitReq) {
 		r.reply <- admitReply{queued: true}
 		return
 	}
+	// The loader stays taken until it has loaded: a caller that could give
+	// up now would leave the pending load behind, and with it every later
+	// request for this key. Limiter.load releases it before reporting.
 	s.loading[r.hash] = &pendingLoad{}
-	r.release()
 	r.reply <- admitReply{load: true}
 }
 

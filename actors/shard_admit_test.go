@@ -34,6 +34,7 @@ func TestAdmitReqInvariantTwoRepliesFitTheBuffer(t *testing.T) {
 		r := newAdmitReq().(*admitReq)
 		r.hash = h
 		s.admit(r) // "load"
+		r.release() // as Limiter.load does before reporting
 		c := newClient("c", invKey, 1, 10, time.Now())
 		s.loaded(&loadDone{hash: h, client: c, loader: r}) // the decision, unread "load" still queued
 		require.Len(t, r.reply, 2)
