@@ -181,11 +181,16 @@ func (d *description) checkError(x exchange) error {
 	return nil
 }
 
-// withBody returns a copy of r whose body reads data.
+// withBody returns a copy of r whose body reads data. An empty body is
+// http.NoBody: a client request with a body of length 0 would otherwise be
+// sent chunked, which is not the body-less request the test made.
 func withBody(r *http.Request, data []byte) *http.Request {
 	c := r.Clone(r.Context())
-	c.Body = io.NopCloser(bytes.NewReader(data))
-	c.ContentLength = int64(len(data))
+	c.Body, c.ContentLength = http.NoBody, 0
+	if len(data) > 0 {
+		c.Body = io.NopCloser(bytes.NewReader(data))
+		c.ContentLength = int64(len(data))
+	}
 	return c
 }
 
