@@ -197,6 +197,9 @@ func (r *Registry) handleResult(res probeResult) {
 		st.successes++
 		st.failures = 0
 		st.lastErr = ""
+		if !st.ejectedUntil.IsZero() && !res.at.Before(st.ejectedUntil) {
+			r.release(st, "ejection time is up and a probe passed")
+		}
 		if !st.healthy && (st.unproven || st.successes >= r.cfg.HealthyThreshold) {
 			r.setHealthy(st, true, res.at)
 			log.Info("backend healthy", "status", res.status, "successes", st.successes)
