@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -89,9 +91,18 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	cur := a.live.cfg
+	files, err := a.readTLSFiles(next)
+	if err != nil {
+		a.metrics.ConfigReloaded(false)
+		return err
+	}
 	if err := a.registry.Reconfigure(ctx, actors.RegistryConfigFrom(next.LoadBalancer)); err != nil {
 		a.metrics.ConfigReloaded(false)
 		return fmt.Errorf("reload backends: %w", err)
+	}
+	a.backendTLS.roots.Store(files.roots)
+	if files.cert != nil {
+		a.cert.cert.Store(files.cert)
 	}
 	lb := next.LoadBalancer
 	a.forward.SetLimits(lb.MaxRetries, lb.RequestTimeout)
@@ -115,11 +126,37 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
+// tlsFiles are what a reload reads besides the configuration file.
+type tlsFiles struct {
+	cert  *tls.Certificate // nil: the servers speak plain HTTP
+	roots *x509.CertPool
+}
+
+// readTLSFiles reads the certificate and CA files next names, so that a
+// bad one fails the reload before anything changes. The servers keep
+// speaking TLS or not as they started.
+func (a *app) readTLSFiles(next *config.Config) (tlsFiles, error) {
+	var f tlsFiles
+	var err error
+	if f.roots, err = loadRoots(next.LoadBalancer.CAFile); err != nil {
+		return f, err
+	}
+	if a.cert != nil && next.TLSEnabled() {
+		if f.cert, err = loadKeyPair(next.TLSCertFile, next.TLSKeyFile); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}
+
 // inForce is the configuration after a reload: next's live fields over
 // cur's restart-only ones.
 func inForce(cur, next *config.Config) *config.Config {
 	out := *cur
 	out.LogLevel = next.LogLevel
+	if cur.TLSEnabled() && next.TLSEnabled() {
+		out.TLSCertFile, out.TLSKeyFile = next.TLSCertFile, next.TLSKeyFile
+	}
 	lb := next.LoadBalancer
 	lb.HealthCheckWorkerCount = cur.LoadBalancer.HealthCheckWorkerCount
 	lb.MaxRetryBodyBytes = cur.LoadBalancer.MaxRetryBodyBytes
@@ -147,6 +184,7 @@ var restartOnly = []struct {
 	{"database_connect_timeout", false, func(c *config.Config) any { return c.DatabaseConnectTimeout }},
 	{"access_log", false, func(c *config.Config) any { return c.AccessLog }},
 	{"pprof", false, func(c *config.Config) any { return c.Pprof }},
+	{"tls_cert_file (TLS on or off)", false, func(c *config.Config) any { return c.TLSEnabled() }},
 	{"load_balancer.health_check_worker_count", false, func(c *config.Config) any { return c.LoadBalancer.HealthCheckWorkerCount }},
 	{"load_balancer.max_retry_body_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBodyBytes }},
 	{"load_balancer.max_retry_buffer_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBufferBytes }},
