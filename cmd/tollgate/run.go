@@ -239,7 +239,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			MaxRetryBufferBytes: lb.MaxRetryBufferBytes,
 			Logger:              log,
 			AccessLog:           cfg.AccessLog,
-			Observer:            observers{Metrics: m, traffic: counters},
+			Observer:            observers{Metrics: m, traffic: counters, registry: registry},
 		}),
 	}
 	a.live.cfg = cfg
