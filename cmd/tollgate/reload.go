@@ -13,6 +13,7 @@ import (
 
 	"github.com/tollgate/tollgate/actors"
 	"github.com/tollgate/tollgate/config"
+	"github.com/tollgate/tollgate/pipeline"
 )
 
 // live is the part of the app that SIGHUP changes besides the actors
@@ -106,6 +107,7 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 	}
 	lb := next.LoadBalancer
 	a.forward.SetLimits(lb.MaxRetries, lb.RequestTimeout)
+	a.forward.SetBalancing(lb.Policy, retryBudget(lb))
 	if err := a.live.level.UnmarshalText([]byte(next.LogLevel)); err != nil {
 		// config.Load has validated the level; this is a wiring bug.
 		log.Error("reload: log level", slog.Any("err", err))
@@ -117,6 +119,7 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 	log.Info("config reloaded",
 		"backends", len(lb.BackendURLs),
 		"max_retries", lb.MaxRetries,
+		"policy", lb.Policy,
 		"request_timeout", lb.RequestTimeout.String(),
 		"health_check_interval", lb.HealthCheckInterval.String(),
 		"log_level", next.LogLevel,
@@ -209,4 +212,9 @@ func warnRestartOnly(cur, next *config.Config, log *slog.Logger) {
 		}
 		log.Warn("config field changes only at restart; keeping the running value", attrs...)
 	}
+}
+
+// retryBudget is the pipeline's view of load_balancer.retry_budget.
+func retryBudget(lb config.LoadBalancer) *pipeline.RetryBudget {
+	return &pipeline.RetryBudget{Percent: lb.RetryBudget.Percent, MinRetries: lb.RetryBudget.MinRetries}
 }

@@ -240,6 +240,9 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			Logger:              log,
 			AccessLog:           cfg.AccessLog,
 			Observer:            observers{Metrics: m, traffic: counters, registry: registry},
+			DialTLSContext:      bt.DialTLSContext,
+			Policy:              lb.Policy,
+			RetryBudget:         retryBudget(lb),
 		}),
 	}
 	a.live.cfg = cfg

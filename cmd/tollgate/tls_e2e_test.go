@@ -13,6 +13,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -206,4 +207,34 @@ func TestTLSConfigErrorsExitWithCode2(t *testing.T) {
 			assert.Contains(t, err.Error(), tt.want)
 		})
 	}
+}
+
+func TestHTTPSBackendVerifiedAgainstCAFile(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCert(t, dir, "backend")
+	backend := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("secure " + r.URL.Path))
+	}))
+	backend.TLS = &tls.Config{Certificates: []tls.Certificate{ca.pair}}
+	backend.StartTLS()
+	t.Cleanup(backend.Close)
+	require.True(t, strings.HasPrefix(backend.URL, "https://127.0.0.1:"))
+
+	cfg := baseConfig(t, backend.URL)
+	la := startLiveApp(t, cfg)
+	key := opsCreate(t, la.hc, la.addr, map[string]any{"client_id": "https", "capacity": 1000, "rate_per_sec": 1000}).APIKey
+	url := "http://" + la.addr + "/x"
+
+	// Not in the system roots: neither probes nor requests get through.
+	opsEventually(t, func() bool {
+		code, _, err := opsDo(la.hc, http.MethodGet, url, key, nil)
+		return err == nil && code >= 500
+	}, "an unverified backend to be refused")
+
+	la.rewrite(t, func(cfg map[string]any) { lbOf(cfg)["ca_file"] = ca.certFile })
+	require.NoError(t, la.reload(t))
+	opsEventually(t, func() bool {
+		code, body, err := opsDo(la.hc, http.MethodGet, url, key, nil)
+		return err == nil && code == http.StatusOK && string(body) == "secure /x"
+	}, "the backend verified against ca_file")
 }
