@@ -201,3 +201,21 @@ func TestRegistryWeights(t *testing.T) {
 	_, err = NewRegistry(cfg, newFakeProbes().probe, nil)
 	assert.ErrorContains(t, err, "1 weights for 2 backend urls")
 }
+
+func TestRegistryReconfigureChangesWeightsKeepingCounters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		cfg := regConfig(10*time.Second, 1, "http://a.test", "http://b.test")
+		r, _ := startRegistry(t, cfg, newFakeProbes().probe, testLogger(t))
+		synctest.Wait()
+		before := r.Healthy()
+		cfg.Weights = []int{5, 2}
+		require.NoError(t, r.Reconfigure(context.Background(), cfg))
+		after := r.Healthy()
+		require.Len(t, after, 2)
+		assert.Equal(t, []int{5, 2}, []int{after[0].Weight, after[1].Weight})
+		assert.Equal(t, []int{1, 1}, []int{before[0].Weight, before[1].Weight}, "an old snapshot never changes")
+		assert.Same(t, before[0].Load, after[0].Load, "in-flight and failure counts carry over")
+		assert.Equal(t, before[0].ID, after[0].ID)
+		assert.Equal(t, 5, statusOf(t, r, "http://a.test").Weight)
+	})
+}
