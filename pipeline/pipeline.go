@@ -1,8 +1,9 @@
 // Package pipeline owns the main port's request path (SPEC 3): authenticate
-// the API key, admit the request against the client's bucket, pick a healthy
-// backend round-robin, forward (by httputil.ReverseProxy's rules, without
-// its per-request copies) and retry failed attempts on other backends. It
-// also stamps request IDs and writes the access log (SPEC 6).
+// the API key, admit the request against the client's bucket, pick a
+// healthy backend (smooth weighted round-robin or least_request, SPEC 10),
+// forward (by httputil.ReverseProxy's rules, without its per-request
+// copies) and retry failed attempts on other backends within the retry
+// budget. It also stamps request IDs and writes the access log (SPEC 6).
 //
 // A Pipeline starts no goroutines of its own; the http.Transport it builds
 // keeps pooled connections, which CloseIdleConnections releases at shutdown.
