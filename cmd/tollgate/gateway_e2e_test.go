@@ -152,3 +152,37 @@ func TestRetryBudgetBoundsRetriesInFlight(t *testing.T) {
 	refused := metricValue(scrape(t, hc, in.addr), "tollgate_retries_refused_total", nil)
 	assert.Equal(t, float64(clients-rc.retries), refused)
 }
+
+func TestReloadChangesWeightsAndPolicy(t *testing.T) {
+	a, b := namedBackend(t, "a"), namedBackend(t, "b")
+	la := startLiveApp(t, baseConfig(t, a.url, b.url))
+	key := opsCreate(t, la.hc, la.addr, map[string]any{"client_id": "w", "rate_per_sec": 1000, "capacity": 1000}).APIKey
+	split := func(n int) string {
+		var sb strings.Builder
+		for range n {
+			code, body, err := opsDo(la.hc, http.MethodGet, "http://"+la.addr+"/", key, nil)
+			require.NoError(t, err)
+			require.Equal(t, http.StatusOK, code)
+			sb.Write(body)
+		}
+		return sb.String()
+	}
+	s := split(8)
+	assert.Equal(t, 4, strings.Count(s, "a"), s)
+
+	la.rewrite(t, func(c map[string]any) {
+		lb := lbOf(c)
+		delete(lb, "backend_urls")
+		lb["backends"] = weightedBackends([]*liveBackend{a, b}, 1, 3)
+	})
+	require.NoError(t, la.reload(t))
+	s = split(40)
+	assert.Equal(t, 30, strings.Count(s, "b"), s)
+	st := opsBackends(t, la.hc, la.addr)
+	assert.EqualValues(t, 3, st[b.url]["weight"])
+
+	la.rewrite(t, func(c map[string]any) { lbOf(c)["policy"] = "least_request" })
+	require.NoError(t, la.reload(t))
+	assert.Equal(t, "least_request", la.a.live.cfg.LoadBalancer.Policy)
+	assert.Len(t, split(10), 10)
+}
