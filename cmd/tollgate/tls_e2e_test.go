@@ -139,6 +139,16 @@ func TestTLSServesHTTP1AndHTTP2AndReloadsTheCertificate(t *testing.T) {
 			assert.Equal(t, tc.proto, res.ProtoMajor)
 			assert.Equal(t, "100", res.Header.Get("X-RateLimit-Limit"))
 			assert.NotEmpty(t, res.Header.Get("RateLimit"))
+			// A body of unknown length: chunked in HTTP/1.1, which closes
+			// the connection after the answer; plain DATA frames in HTTP/2.
+			req, err := http.NewRequest(http.MethodPost, "https://"+in.addr+"/up", io.MultiReader(strings.NewReader("a"), strings.NewReader("b")))
+			require.NoError(t, err)
+			req.Header.Set("Authorization", "Bearer "+c.APIKey)
+			res, err = tc.hc.Do(req)
+			require.NoError(t, err)
+			_, _ = io.Copy(io.Discard, res.Body)
+			_ = res.Body.Close()
+			assert.Equal(t, http.StatusOK, res.StatusCode)
 			res, _ = tlsDo(t, tc.hc, http.MethodGet, "https://"+adminAddr+"/healthz", "", "")
 			assert.Equal(t, http.StatusOK, res.StatusCode)
 			assert.Equal(t, tc.proto, res.ProtoMajor)
