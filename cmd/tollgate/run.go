@@ -198,18 +198,9 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 	if err != nil {
 		return nil, err
 	}
-	bt, err := newBackendTLS(lb.CAFile)
+	cert, bt, err := loadTLS(cfg)
 	if err != nil {
 		return nil, err
-	}
-	var cert *serverCert
-	if cfg.TLSEnabled() {
-		c, err := loadKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
-		if err != nil {
-			return nil, err
-		}
-		cert = &serverCert{}
-		cert.cert.Store(c)
 	}
 	probe := actors.HTTPProbe(actors.NewProbeClient(bt.DialTLSContext))
 	registry, err := actors.NewRegistry(actors.RegistryConfigFrom(lb), probe, log)

@@ -20,6 +20,22 @@ type serverCert struct {
 	cert atomic.Pointer[tls.Certificate]
 }
 
+// loadTLS reads the files of cfg's TLS fields: the servers' certificate
+// (nil when they speak plain HTTP) and the roots for https backends.
+func loadTLS(cfg *config.Config) (*serverCert, *backendTLS, error) {
+	bt, err := newBackendTLS(cfg.LoadBalancer.CAFile)
+	if err != nil || !cfg.TLSEnabled() {
+		return nil, bt, err
+	}
+	c, err := loadKeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert := &serverCert{}
+	cert.cert.Store(c)
+	return cert, bt, nil
+}
+
 // loadKeyPair reads a PEM certificate and key. Its errors are
 // configuration errors naming the field.
 func loadKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
