@@ -61,7 +61,9 @@ func (r *Registry) eject(id int, now time.Time) {
 	}
 	log := r.logger.With("backend", st.backend.URL.String())
 	if ejected, limit := r.ejectedCount(), r.maxEjected(); ejected >= limit || (st.serving() && r.servingCount() <= 1) {
-		log.Warn("outlier not ejected: too many backends out",
+		// Debug: a lone failing backend asks again every threshold
+		// failures, and a warning each time would flood the log.
+		log.Debug("outlier not ejected: too many backends out",
 			"ejected", ejected, "max_ejection_percent", o.MaxEjectionPercent)
 		return
 	}
