@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -31,7 +32,7 @@ const probeDrainLimit = 64 << 10
 // a 3xx answer counts as healthy like any status below 500.
 func HTTPProbe(client *http.Client) ProbeFunc {
 	if client == nil {
-		client = newProbeClient()
+		client = NewProbeClient(nil)
 	}
 	return func(ctx context.Context, target string) (int, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
@@ -51,10 +52,15 @@ func HTTPProbe(client *http.Client) ProbeFunc {
 	}
 }
 
-func newProbeClient() *http.Client {
+// NewProbeClient returns the client HTTPProbe(nil) uses. dialTLS, when
+// not nil, connects to https backends and completes the TLS handshake (so
+// probes verify them as the request path does); nil means the transport's
+// own TLS with the system roots.
+func NewProbeClient(dialTLS func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Client {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
 	tr.Proxy = nil
 	tr.DisableKeepAlives = true
+	tr.DialTLSContext = dialTLS
 	return &http.Client{
 		Transport: tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error {
@@ -197,6 +203,9 @@ func (r *Registry) handleResult(res probeResult) {
 		st.successes++
 		st.failures = 0
 		st.lastErr = ""
+		if !st.ejectedUntil.IsZero() && !res.at.Before(st.ejectedUntil) {
+			r.release(st, "ejection time is up and a probe passed")
+		}
 		if !st.healthy && (st.unproven || st.successes >= r.cfg.HealthyThreshold) {
 			r.setHealthy(st, true, res.at)
 			log.Info("backend healthy", "status", res.status, "successes", st.successes)

@@ -20,6 +20,8 @@ type RegistryObserver interface {
 	// ObserveProbe reports one active probe of b: whether it passed and
 	// how long it took.
 	ObserveProbe(b messages.Backend, passed bool, d time.Duration)
+	// BackendEjected reports that outlier detection ejected b for d.
+	BackendEjected(b messages.Backend, d time.Duration)
 }
 
 type nopRegistryObserver struct{}
@@ -27,6 +29,7 @@ type nopRegistryObserver struct{}
 func (nopRegistryObserver) BackendUp(messages.Backend, bool)                   {}
 func (nopRegistryObserver) BackendRemoved(messages.Backend)                    {}
 func (nopRegistryObserver) ObserveProbe(messages.Backend, bool, time.Duration) {}
+func (nopRegistryObserver) BackendEjected(messages.Backend, time.Duration)     {}
 
 // SetObserver makes o receive the registry's measurements and reports
 // every backend's current state to it at once. It must be called before
@@ -42,7 +45,7 @@ func (r *Registry) SetObserver(o RegistryObserver) {
 	r.obs = o
 	for _, id := range r.order {
 		st := r.backends[id]
-		o.BackendUp(st.backend, st.healthy)
+		o.BackendUp(st.backend, st.serving())
 	}
 }
 

@@ -47,6 +47,9 @@ func (o *observations) BackendRemoved(b messages.Backend)     { o.add("removed %
 func (o *observations) ObserveProbe(b messages.Backend, passed bool, d time.Duration) {
 	o.add("probe %s %v %v", b.URL.Host, passed, d)
 }
+func (o *observations) BackendEjected(b messages.Backend, d time.Duration) {
+	o.add("ejected %s %v", b.URL.Host, d)
+}
 func (o *observations) ObserveSave(clients int, d time.Duration, err error) {
 	o.add("save %d %v %v", clients, d, err != nil)
 }

@@ -25,6 +25,10 @@ type RegistryConfig struct {
 	HealthyThreshold   int           // 0 means 1
 	UnhealthyThreshold int           // 0 means 1
 	Workers            int           // 0 means 1
+	// Weights holds each URL's weight; nil or 0 means 1.
+	Weights []int
+	// Outlier configures outlier detection; the zero value turns it off.
+	Outlier config.Outlier
 }
 
 // RegistryConfigFrom takes the registry's part of a loaded configuration.
@@ -37,6 +41,8 @@ func RegistryConfigFrom(lb config.LoadBalancer) RegistryConfig {
 		HealthyThreshold:   lb.HealthyThreshold,
 		UnhealthyThreshold: lb.UnhealthyThreshold,
 		Workers:            lb.HealthCheckWorkerCount,
+		Weights:            lb.Weights,
+		Outlier:            lb.Outlier,
 	}
 }
 
@@ -66,6 +72,11 @@ type Registry struct {
 	failures   chan registryFailure
 	statusReqs chan registryStatusRequest
 	reconfigs  chan registryReconfigRequest
+	outliers   chan int // IDs of backends whose failures reached the threshold
+
+	// threshold is Outlier.ConsecutiveFailures, read by ObserveAnswer on
+	// the request path; the loop stores it.
+	threshold atomic.Int64
 
 	// Owned by the Run goroutine; before Run starts only NewRegistry
 	// touches them.
@@ -74,6 +85,7 @@ type Registry struct {
 	order    []int // backend IDs in configured order
 	pending  []int // FIFO of IDs whose probe is queued
 	nextID   int
+	ejectAt  *time.Timer // fires at the earliest ejection's end; Run's
 }
 
 type probeState int
@@ -99,10 +111,16 @@ type registryBackend struct {
 	// probed: its first probe alone decides whether it joins.
 	unproven bool
 	probe    probeState
-	// epoch is bumped by a passive failure, so that a probe already in
-	// flight, which may have passed before the failure, cannot bring the
-	// backend back.
+	// epoch is bumped by a passive failure and by an ejection, so that a
+	// probe already in flight, which may have passed before, cannot bring
+	// the backend back.
 	epoch uint64
+	// ejectedUntil is when the current outlier ejection ends; zero when
+	// not ejected. Once it has passed, the next passing probe ends it.
+	ejectedUntil time.Time
+	ejectReason  string
+	ejections    int  // times ejected, for the ejection's length
+	returning    bool // its ejection's time is up; a probe is asked
 }
 
 type registryFailure struct {
@@ -146,15 +164,17 @@ func NewRegistry(cfg RegistryConfig, probe ProbeFunc, logger *slog.Logger) (*Reg
 		failures:   make(chan registryFailure, registryFailureQueue),
 		statusReqs: make(chan registryStatusRequest),
 		reconfigs:  make(chan registryReconfigRequest),
+		outliers:   make(chan int, registryFailureQueue),
 		cfg:        cfg,
 		backends:   make(map[int]*registryBackend, len(urls)),
 		obs:        nopRegistryObserver{},
 	}
 	now := time.Now()
-	for _, u := range urls {
-		st := r.addBackend(u, now)
+	for i, u := range urls {
+		st := r.addBackend(u, cfg.Weights[i], now)
 		st.healthy = true
 	}
+	r.threshold.Store(int64(cfg.Outlier.ConsecutiveFailures))
 	r.publish()
 	return r, nil
 }
@@ -182,6 +202,21 @@ func normalizeRegistryConfig(cfg RegistryConfig) (RegistryConfig, []*url.URL, er
 	cfg.Workers = max(cfg.Workers, 1)
 	if len(cfg.URLs) == 0 {
 		return cfg, nil, errors.New("actors: registry: no backend urls")
+	}
+	if cfg.Weights != nil && len(cfg.Weights) != len(cfg.URLs) {
+		return cfg, nil, fmt.Errorf("actors: registry: %d weights for %d backend urls", len(cfg.Weights), len(cfg.URLs))
+	}
+	weights := make([]int, len(cfg.URLs))
+	for i := range weights {
+		weights[i] = 1
+		if i < len(cfg.Weights) && cfg.Weights[i] > 0 {
+			weights[i] = cfg.Weights[i]
+		}
+	}
+	cfg.Weights = weights
+	if o := cfg.Outlier; o.ConsecutiveFailures < 0 || (o.ConsecutiveFailures > 0 && o.BaseEjectionTime <= 0) {
+		return cfg, nil, fmt.Errorf("actors: registry: outlier detection needs a threshold >= 0 and a positive ejection time, got %d and %v",
+			o.ConsecutiveFailures, o.BaseEjectionTime)
 	}
 	urls := make([]*url.URL, 0, len(cfg.URLs))
 	seen := make(map[string]bool, len(cfg.URLs))
@@ -222,6 +257,9 @@ func (r *Registry) Run(ctx context.Context) error {
 	defer close(r.done)
 	ticker := time.NewTicker(r.cfg.Interval)
 	defer ticker.Stop()
+	r.ejectAt = time.NewTimer(time.Hour)
+	r.ejectAt.Stop()
+	defer r.ejectAt.Stop()
 	r.logger.Info("registry started", "backends", len(r.order), "workers", r.cfg.Workers)
 	r.probeAll()
 	for {
@@ -242,6 +280,10 @@ func (r *Registry) Run(ctx context.Context) error {
 			r.handleResult(res)
 		case f := <-r.failures:
 			r.handleFailure(f, time.Now())
+		case id := <-r.outliers:
+			r.eject(id, time.Now())
+		case <-r.ejectAt.C:
+			r.ejectionsDue(time.Now())
 		case req := <-r.statusReqs:
 			req.reply <- r.statuses()
 		case req := <-r.reconfigs:
@@ -257,10 +299,10 @@ func (r *Registry) Run(ctx context.Context) error {
 	}
 }
 
-func (r *Registry) addBackend(u *url.URL, now time.Time) *registryBackend {
+func (r *Registry) addBackend(u *url.URL, weight int, now time.Time) *registryBackend {
 	r.nextID++
 	st := &registryBackend{
-		backend: messages.Backend{ID: r.nextID, URL: u},
+		backend: messages.Backend{ID: r.nextID, URL: u, Weight: weight, Load: new(messages.BackendLoad)},
 		since:   now,
 	}
 	r.backends[st.backend.ID] = st
@@ -272,15 +314,16 @@ func (r *Registry) setHealthy(st *registryBackend, healthy bool, now time.Time) 
 	st.healthy = healthy
 	st.since = now
 	r.publish()
-	r.obs.BackendUp(st.backend, healthy)
+	r.obs.BackendUp(st.backend, st.serving())
 }
 
-// publish stores a fresh snapshot of the healthy backends. Old snapshots
-// are never modified, so readers holding one stay consistent.
+// publish stores a fresh snapshot of the backends that take traffic:
+// healthy and not ejected. Old snapshots are never modified, so readers
+// holding one stay consistent.
 func (r *Registry) publish() {
 	snap := make([]messages.Backend, 0, len(r.order))
 	for _, id := range r.order {
-		if st := r.backends[id]; st.healthy {
+		if st := r.backends[id]; st.serving() {
 			snap = append(snap, st.backend)
 		}
 	}
@@ -301,6 +344,10 @@ func (r *Registry) statuses() []messages.BackendStatus {
 			ConsecutiveFailures:  st.failures,
 			ConsecutiveSuccesses: st.successes,
 			Since:                st.since,
+			Weight:               st.backend.Weight,
+			EjectedUntil:         st.ejectedUntil.Round(0),
+			EjectedReason:        st.ejectReason,
+			Ejections:            st.ejections,
 		})
 	}
 	return out
@@ -322,14 +369,15 @@ func (r *Registry) reconfigure(cfg RegistryConfig, urls []*url.URL, now time.Tim
 	old := r.backends
 	r.backends = make(map[int]*registryBackend, len(urls))
 	r.order = nil
-	for _, u := range urls {
+	for i, u := range urls {
 		if st, ok := byURL[u.String()]; ok {
+			st.backend.Weight = cfg.Weights[i]
 			r.backends[st.backend.ID] = st
 			r.order = append(r.order, st.backend.ID)
 			delete(old, st.backend.ID)
 			continue
 		}
-		st := r.addBackend(u, now)
+		st := r.addBackend(u, cfg.Weights[i], now)
 		st.unproven = true
 		r.requestProbe(st)
 		r.obs.BackendUp(st.backend, false)
@@ -340,6 +388,10 @@ func (r *Registry) reconfigure(cfg RegistryConfig, urls []*url.URL, now time.Tim
 		r.logger.Info("backend removed", "backend", st.backend.URL.String())
 	}
 	r.cfg = cfg
+	r.threshold.Store(int64(cfg.Outlier.ConsecutiveFailures))
+	if cfg.Outlier.ConsecutiveFailures == 0 {
+		r.releaseAll("outlier detection turned off")
+	}
 	r.publish()
 }
 

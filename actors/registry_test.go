@@ -212,13 +212,13 @@ func TestRegistryStatuses(t *testing.T) {
 		require.NoError(t, err)
 		want := []messages.BackendStatus{
 			{URL: "http://ok.test", Healthy: true, LastCheck: start.Add(30 * time.Millisecond),
-				LastStatus: 204, LastLatency: 30 * time.Millisecond, ConsecutiveSuccesses: 1, Since: start},
+				LastStatus: 204, LastLatency: 30 * time.Millisecond, ConsecutiveSuccesses: 1, Since: start, Weight: 1},
 			{URL: "http://bad.test", Healthy: false, LastCheck: start.Add(50 * time.Millisecond),
 				LastError: "unhealthy status 500", LastStatus: 500, LastLatency: 50 * time.Millisecond,
-				ConsecutiveFailures: 1, Since: start.Add(50 * time.Millisecond)},
+				ConsecutiveFailures: 1, Since: start.Add(50 * time.Millisecond), Weight: 1},
 			{URL: "http://down.test", Healthy: false, LastCheck: start.Add(10 * time.Millisecond),
 				LastError: "connection refused", LastLatency: 10 * time.Millisecond,
-				ConsecutiveFailures: 1, Since: start.Add(10 * time.Millisecond)},
+				ConsecutiveFailures: 1, Since: start.Add(10 * time.Millisecond), Weight: 1},
 		}
 		assert.Equal(t, want, got)
 		assert.Equal(t, []string{"http://ok.test"}, healthyURLs(r))
@@ -380,6 +380,7 @@ func TestRegistryConfigFromAndDefaults(t *testing.T) {
 	assert.Equal(t, RegistryConfig{
 		URLs: []string{"http://a.test"}, Interval: time.Second, Timeout: time.Second,
 		Path: "/health", HealthyThreshold: 1, UnhealthyThreshold: 1, Workers: 1,
+		Weights: []int{1},
 	}, got)
 
 	r, err := NewRegistry(RegistryConfigFrom(lb), newFakeProbes().probe, nil)

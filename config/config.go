@@ -22,14 +22,29 @@ type Config struct {
 	AccessLog              bool
 	// Pprof serves net/http/pprof under /debug/pprof/ on the admin API,
 	// behind its authentication.
-	Pprof        bool
+	Pprof bool
+	// TLSCertFile and TLSKeyFile (PEM) make the main and admin ports speak
+	// TLS; both empty means plain HTTP.
+	TLSCertFile  string
+	TLSKeyFile   string
 	LoadBalancer LoadBalancer
 	RateLimiter  RateLimiter
 }
 
-// LoadBalancer configures backends, health checks and retries.
+// LoadBalancer configures backends, health checks, balancing and retries.
 type LoadBalancer struct {
-	BackendURLs            []string
+	// BackendURLs lists the backends, from backend_urls or from the urls
+	// of backends.
+	BackendURLs []string
+	// Weights holds the weight of each backend of BackendURLs when the
+	// file used backends; nil means every weight is 1. See Weight.
+	Weights []int
+	// Policy is PolicyRoundRobin (also when "") or PolicyLeastRequest.
+	Policy string
+	// CAFile (PEM) adds trusted roots for https backends to the system's.
+	CAFile                 string
+	Outlier                Outlier
+	RetryBudget            RetryBudget
 	HealthCheckInterval    time.Duration
 	HealthCheckWorkerCount int
 	HealthCheckPath        string
@@ -44,6 +59,8 @@ type LoadBalancer struct {
 	// (load_balancer.max_retry_buffer_bytes); past it, bodies stream
 	// without retry.
 	MaxRetryBufferBytes int64
+
+	fromBackends bool // the file used backends, not backend_urls
 }
 
 // RateLimiter configures buckets, caching and persistence.

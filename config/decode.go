@@ -190,6 +190,8 @@ func decode(data []byte) (*Config, problems) {
 	root.seconds("database_connect_timeout", &c.DatabaseConnectTimeout)
 	root.boolean("access_log", &c.AccessLog)
 	root.boolean("pprof", &c.Pprof)
+	root.str("tls_cert_file", &c.TLSCertFile)
+	root.str("tls_key_file", &c.TLSKeyFile)
 	decodeLoadBalancer(root.object("load_balancer"), &c.LoadBalancer)
 	decodeRateLimiter(root.object("rate_limiter"), &c.RateLimiter)
 	root.unknown()
@@ -197,8 +199,8 @@ func decode(data []byte) (*Config, problems) {
 }
 
 func decodeLoadBalancer(o *object, lb *LoadBalancer) {
-	o.require("backend_urls")
-	o.strings("backend_urls", &lb.BackendURLs)
+	decodeBackends(o, lb)
+	decodeGateway(o, lb)
 	o.seconds("health_check_interval", &lb.HealthCheckInterval)
 	integer(o, "health_check_worker_count", &lb.HealthCheckWorkerCount)
 	o.str("health_check_path", &lb.HealthCheckPath)

@@ -86,6 +86,23 @@ var badValues = []struct {
 	{"load_balancer.request_timeout", 0, `load_balancer.request_timeout: 0 must be > 0`},
 	{"load_balancer.max_retry_body_bytes", -1, `load_balancer.max_retry_body_bytes: -1 must be >= 0`},
 	{"load_balancer.max_retry_buffer_bytes", -1, `load_balancer.max_retry_buffer_bytes: -1 must be >= 0`},
+	{"load_balancer.backends", []any{map[string]any{"url": "http://a"}}, `load_balancer.backends: set together with backend_urls; use one of them`},
+	{"load_balancer.policy", "random", `load_balancer.policy: "random" must be one of round_robin, least_request`},
+	{"load_balancer.policy", 1, `load_balancer.policy: 1 is not a string`},
+	{"load_balancer.ca_file", false, `load_balancer.ca_file: false is not a string`},
+	{"load_balancer.outlier", 5, `load_balancer.outlier: 5 is not an object`},
+	{"load_balancer.outlier.consecutive_failures", -1, `load_balancer.outlier.consecutive_failures: -1 must be between 0 and 1000`},
+	{"load_balancer.outlier.base_ejection_time", 0, `load_balancer.outlier.base_ejection_time: 0 must be > 0`},
+	{"load_balancer.outlier.base_ejection_time", 1e18, `load_balancer.outlier.base_ejection_time: 1e+18 is out of range`},
+	{"load_balancer.outlier.max_ejection_percent", 101, `load_balancer.outlier.max_ejection_percent: 101 must be between 0 and 100`},
+	{"load_balancer.outlier.interval", 1, `load_balancer.outlier.interval: unknown field`},
+	{"load_balancer.retry_budget.percent", -1, `load_balancer.retry_budget.percent: -1 must be between 0 and 100`},
+	{"load_balancer.retry_budget.percent", 100.5, `load_balancer.retry_budget.percent: 100.5 must be between 0 and 100`},
+	{"load_balancer.retry_budget.min_retries", -1, `load_balancer.retry_budget.min_retries: -1 must be between 0 and 1000000`},
+	{"load_balancer.retry_budget.min_retries", 1.5, `load_balancer.retry_budget.min_retries: 1.5 is not an integer`},
+	{"tls_cert_file", "cert.pem", `tls_key_file: "" must name the key of tls_cert_file`},
+	{"tls_key_file", "key.pem", `tls_cert_file: "" must name the certificate of tls_key_file`},
+	{"tls_cert_file", 5, `tls_cert_file: 5 is not a string`},
 	{"rate_limiter", "x", `rate_limiter: "x" is not an object`},
 	{"rate_limiter.add_tokens_interval", 0, `rate_limiter.add_tokens_interval: 0 must be > 0`},
 	{"rate_limiter.save_state_interval", -1, `rate_limiter.save_state_interval: -1 must be > 0`},
@@ -103,6 +120,40 @@ var badValues = []struct {
 	{"Port", 8080, `Port: unknown field`},
 	{"load_balancer.backend_url", "http://a", `load_balancer.backend_url: unknown field`},
 	{"rate_limiter.cache.ttl", 1, `rate_limiter.cache.ttl: unknown field`},
+}
+
+// badBackends replaces backend_urls with a backends list each; want is the
+// whole error message.
+var badBackends = []struct {
+	value any
+	want  string
+}{
+	{[]any{}, `load_balancer.backends: must list at least one backend`},
+	{"http://a", `load_balancer.backends: "http://a" is not an array of objects`},
+	{[]any{"http://a"}, `load_balancer.backends[0]: "http://a" is not an object`},
+	{[]any{nil}, `load_balancer.backends[0]: null is not an object`},
+	{[]any{map[string]any{"weight": 2}}, `load_balancer.backends[0].url: required but missing`},
+	{[]any{map[string]any{"url": "htp:/x"}}, `load_balancer.backends[0].url: "htp:/x" is not an absolute http(s) URL`},
+	{[]any{map[string]any{"url": "http://a", "weight": 0}}, `load_balancer.backends[0].weight: 0 must be between 1 and 100`},
+	{[]any{map[string]any{"url": "http://a", "weight": 101}}, `load_balancer.backends[0].weight: 101 must be between 1 and 100`},
+	{[]any{map[string]any{"url": "http://a", "weight": 1.5}}, `load_balancer.backends[0].weight: 1.5 is not an integer`},
+	{[]any{map[string]any{"url": "http://a", "wieght": 2}}, `load_balancer.backends[0].wieght: unknown field`},
+	{[]any{map[string]any{"url": "http://a"}, map[string]any{"url": "HTTP://A/"}}, `load_balancer.backends[1].url: "HTTP://A/" duplicates backends[0]`},
+}
+
+func TestParseRejectsBadBackends(t *testing.T) {
+	for _, tt := range badBackends {
+		t.Run(tt.want, func(t *testing.T) {
+			var doc map[string]any
+			require.NoError(t, json.Unmarshal(with(t, "load_balancer.backend_urls", remove), &doc))
+			doc["load_balancer"].(map[string]any)["backends"] = tt.value
+			data, err := json.Marshal(doc)
+			require.NoError(t, err)
+			_, err = config.Parse(data)
+			require.Error(t, err)
+			assert.Equal(t, "config: "+tt.want, err.Error())
+		})
+	}
 }
 
 func TestParseRejectsBadValues(t *testing.T) {

@@ -56,6 +56,9 @@ func defaults() *Config {
 			RequestTimeout:         defaultRequestTimeout,
 			MaxRetryBodyBytes:      defaultMaxRetryBodyBytes,
 			MaxRetryBufferBytes:    defaultMaxRetryBufferBytes,
+			Policy:                 PolicyRoundRobin,
+			Outlier:                defaultOutlier(),
+			RetryBudget:            defaultRetryBudget(),
 		},
 		RateLimiter: RateLimiter{
 			AddTokensInterval:   defaultAddTokensInterval,

@@ -57,6 +57,13 @@ func seedConfig() *config.Config {
 			RequestTimeout:         2 * time.Second,
 			MaxRetryBodyBytes:      1 << 20,
 			MaxRetryBufferBytes:    64 << 20,
+			Policy:                 "round_robin",
+			Outlier: config.Outlier{
+				ConsecutiveFailures: 5,
+				BaseEjectionTime:    30 * time.Second,
+				MaxEjectionPercent:  50,
+			},
+			RetryBudget: config.RetryBudget{Percent: 20, MinRetries: 3},
 		},
 		RateLimiter: config.RateLimiter{
 			AddTokensInterval:   5 * time.Second,
@@ -138,8 +145,18 @@ func TestLoadEveryField(t *testing.T) {
 		DatabaseConnectTimeout: 7500 * time.Millisecond,
 		AccessLog:              true,
 		Pprof:                  true,
+		TLSCertFile:            "/etc/tollgate/cert.pem",
+		TLSKeyFile:             "/etc/tollgate/key.pem",
 		LoadBalancer: config.LoadBalancer{
-			BackendURLs:            []string{"http://backend-a:8081", "https://backend-b/api"},
+			BackendURLs: []string{"http://backend-a:8081", "https://backend-b/api"},
+			Policy:      "least_request",
+			CAFile:      "/etc/tollgate/ca.pem",
+			Outlier: config.Outlier{
+				ConsecutiveFailures: 3,
+				BaseEjectionTime:    500 * time.Millisecond,
+				MaxEjectionPercent:  100,
+			},
+			RetryBudget:            config.RetryBudget{Percent: 12.5, MinRetries: 0},
 			HealthCheckInterval:    500 * time.Millisecond,
 			HealthCheckWorkerCount: 4,
 			HealthCheckPath:        "/ready",
@@ -170,6 +187,26 @@ func TestLoadEveryField(t *testing.T) {
 	require.Len(t, urls, 2)
 	assert.Equal(t, "backend-a:8081", urls[0].Host)
 	assert.Equal(t, "/api", urls[1].Path)
+}
+
+func TestParseWeightedBackends(t *testing.T) {
+	doc := with(t, "load_balancer.backend_urls", remove)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal(doc, &m))
+	m["load_balancer"].(map[string]any)["backends"] = []any{
+		map[string]any{"url": "http://A:1/", "weight": 3},
+		map[string]any{"url": "http://b:2"},
+	}
+	doc, err := json.Marshal(m)
+	require.NoError(t, err)
+	c, err := config.Parse(doc)
+	require.NoError(t, err)
+	lb := c.LoadBalancer
+	assert.Equal(t, []string{"http://a:1", "http://b:2"}, lb.BackendURLs)
+	assert.Equal(t, []int{3, 1}, lb.Weights)
+	assert.Equal(t, 3, lb.Weight(0))
+	assert.Equal(t, 1, lb.Weight(1))
+	assert.Equal(t, 1, seedConfig().LoadBalancer.Weight(1), "backend_urls weigh 1 each")
 }
 
 func TestLoadEnvOverrides(t *testing.T) {

@@ -46,6 +46,7 @@ func (c *Config) check() problems {
 	}
 	positive(&p, "shutdown_timeout", c.ShutdownTimeout)
 	positive(&p, "database_connect_timeout", c.DatabaseConnectTimeout)
+	checkTLS(c, &p)
 	c.LoadBalancer.check(&p)
 	c.RateLimiter.check(&p)
 	return p
@@ -53,18 +54,18 @@ func (c *Config) check() problems {
 
 func (lb *LoadBalancer) check(p *problems) {
 	if len(lb.BackendURLs) == 0 {
-		p.addf("load_balancer.backend_urls", "must list at least one backend")
+		p.addf("load_balancer."+lb.listName(), "must list at least one backend")
 	}
 	first := map[string]int{}
 	for i, s := range lb.BackendURLs {
-		path := fmt.Sprintf("load_balancer.backend_urls[%d]", i)
+		path := lb.backendPath(i)
 		u, problem := parseBackend(s)
 		if problem != "" {
 			p.addf(path, "%s", problem)
 			continue
 		}
 		if j, dup := first[u.String()]; dup {
-			p.addf(path, "%q duplicates backend_urls[%d]", s, j)
+			p.addf(path, "%q duplicates %s[%d]", s, lb.listName(), j)
 			continue
 		}
 		first[u.String()] = i
@@ -82,6 +83,7 @@ func (lb *LoadBalancer) check(p *problems) {
 	positive(p, "load_balancer.request_timeout", lb.RequestTimeout)
 	atLeast(p, "load_balancer.max_retry_body_bytes", lb.MaxRetryBodyBytes, 0)
 	atLeast(p, "load_balancer.max_retry_buffer_bytes", lb.MaxRetryBufferBytes, 0)
+	lb.checkGateway(p)
 }
 
 func (rl *RateLimiter) check(p *problems) {
@@ -161,7 +163,7 @@ func (c *Config) ParsedBackends() ([]*url.URL, error) {
 	for i, s := range c.LoadBalancer.BackendURLs {
 		u, problem := parseBackend(s)
 		if problem != "" {
-			return nil, fmt.Errorf("config: %w", &Error{Path: fmt.Sprintf("load_balancer.backend_urls[%d]", i), Msg: problem})
+			return nil, fmt.Errorf("config: %w", &Error{Path: c.LoadBalancer.backendPath(i), Msg: problem})
 		}
 		urls[i] = u
 	}

@@ -269,6 +269,7 @@ func TestBackends(t *testing.T) {
 			messages.BackendStatus{
 				URL: "http://127.0.0.1:8082", LastCheck: checked, LastError: "connection refused",
 				LastStatus: 0, LastLatency: 1234567, ConsecutiveFailures: 3, Since: testNow,
+				Weight: 3, EjectedUntil: testNow.Add(30e9), EjectedReason: "5 failed answers in a row", Ejections: 1,
 			},
 		)
 	})
@@ -276,10 +277,12 @@ func TestBackends(t *testing.T) {
 	require.Equal(t, http.StatusOK, rec.Code)
 	assert.JSONEq(t, `{"backends":[
 		{"url":"http://127.0.0.1:8081","healthy":true,"last_check":null,"last_error":"","last_status":0,
-		 "last_latency_ms":0,"consecutive_failures":0,"consecutive_successes":0,"since":null},
+		 "last_latency_ms":0,"consecutive_failures":0,"consecutive_successes":0,"since":null,
+		 "weight":1,"ejected_until":null,"ejection_reason":"","ejections":0},
 		{"url":"http://127.0.0.1:8082","healthy":false,"last_check":"2025-03-04T05:06:04.89Z",
 		 "last_error":"connection refused","last_status":0,"last_latency_ms":1.235,
-		 "consecutive_failures":3,"consecutive_successes":0,"since":"2025-03-04T05:06:07.89Z"}]}`,
+		 "consecutive_failures":3,"consecutive_successes":0,"since":"2025-03-04T05:06:07.89Z",
+		 "weight":3,"ejected_until":"2025-03-04T05:06:37.89Z","ejection_reason":"5 failed answers in a row","ejections":1}]}`,
 		rec.Body.String())
 
 	ta = newTestAdmin(t, false, func(o *Options) {

@@ -28,6 +28,12 @@ type backendJSON struct {
 	ConsecutiveFailures  int     `json:"consecutive_failures"`
 	ConsecutiveSuccesses int     `json:"consecutive_successes"`
 	Since                *string `json:"since"`
+	Weight               int     `json:"weight"`
+	// EjectedUntil is null unless outlier detection has ejected the
+	// backend; past it, the next passing probe brings the backend back.
+	EjectedUntil   *string `json:"ejected_until"`
+	EjectionReason string  `json:"ejection_reason"`
+	Ejections      int     `json:"ejections"`
 }
 
 func toBackendJSON(s messages.BackendStatus) backendJSON {
@@ -41,6 +47,10 @@ func toBackendJSON(s messages.BackendStatus) backendJSON {
 		ConsecutiveFailures:  s.ConsecutiveFailures,
 		ConsecutiveSuccesses: s.ConsecutiveSuccesses,
 		Since:                timeOrNull(s.Since),
+		Weight:               max(s.Weight, 1),
+		EjectedUntil:         timeOrNull(s.EjectedUntil),
+		EjectionReason:       s.EjectedReason,
+		Ejections:            s.Ejections,
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net/url"
+	"sync/atomic"
 	"time"
 )
 
@@ -165,6 +166,23 @@ type Backend struct {
 	// stays configured, and one removed and added again gets a new one.
 	ID  int
 	URL *url.URL
+	// Weight is the backend's share of first attempts, 1..100; 0 counts
+	// as 1.
+	Weight int
+	// Load is the backend's live counters, shared by every snapshot that
+	// holds the backend; nil for a Backend not made by the registry, and
+	// then nothing is counted.
+	Load *BackendLoad
+}
+
+// BackendLoad is what the request path counts of one backend, with
+// atomics, without a round trip to the registry.
+type BackendLoad struct {
+	// InFlight is the attempts on the backend now; least_request reads it.
+	InFlight atomic.Int64
+	// Failures is the backend's failed answers in a row (502, 503, 504 or
+	// a timeout), for outlier detection.
+	Failures atomic.Int64
 }
 
 // BackendStatus is what GET /backends shows of one backend.
@@ -178,6 +196,12 @@ type BackendStatus struct {
 	ConsecutiveFailures  int
 	ConsecutiveSuccesses int
 	Since                time.Time // when Healthy last changed
+	Weight               int
+	// EjectedUntil is when an outlier ejection ends (the backend returns
+	// once a probe passes after it); zero when not ejected.
+	EjectedUntil  time.Time
+	EjectedReason string // why it was ejected; "" when not ejected
+	Ejections     int    // times ejected since it was configured
 }
 
 // Change is an admin change to a client as the store reports it to every

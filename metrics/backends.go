@@ -32,6 +32,11 @@ func (m *Metrics) ObserveProbe(b messages.Backend, passed bool, d time.Duration)
 	m.healthDuration.WithLabelValues(b.URL.String(), result).Observe(d.Seconds())
 }
 
+// BackendEjected implements actors.RegistryObserver.
+func (m *Metrics) BackendEjected(b messages.Backend, _ time.Duration) {
+	m.ejections.WithLabelValues(b.URL.String()).Inc()
+}
+
 // ObserveSave implements actors.PersisterObserver. Failed writes count in
 // tollgate_store_errors_total through the instrumented store; here only
 // their duration and size are observed, like every write's.

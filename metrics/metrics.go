@@ -37,11 +37,13 @@ type Metrics struct {
 	attempts        *prometheus.CounterVec   // backend, result
 	attemptDuration *prometheus.HistogramVec // backend
 	retries         *prometheus.CounterVec   // backend
+	retriesRefused  prometheus.Counter
 	rateLimited     prometheus.Counter
 	authFailures    *prometheus.CounterVec // reason
 
 	backendUp      *prometheus.GaugeVec     // backend
 	healthDuration *prometheus.HistogramVec // backend, result
+	ejections      *prometheus.CounterVec   // backend
 
 	storeErrors   *prometheus.CounterVec   // operation
 	storeDuration *prometheus.HistogramVec // operation
@@ -70,8 +72,8 @@ func New() *Metrics {
 	}, []string{"result"})
 	m.reg.MustRegister(
 		m.requests, m.requestDuration, m.attempts, m.attemptDuration, m.retries,
-		m.rateLimited, m.authFailures,
-		m.backendUp, m.healthDuration,
+		m.retriesRefused, m.rateLimited, m.authFailures,
+		m.backendUp, m.healthDuration, m.ejections,
 		m.storeErrors, m.storeDuration, m.saveDuration, m.saveBatchSize,
 		m.reloads,
 		collectors.NewGoCollector(),
@@ -111,6 +113,10 @@ func (m *Metrics) newRequestFamilies() {
 		Namespace: namespace, Name: "retries_total",
 		Help: "Failed attempts retried on another backend, by the backend that failed.",
 	}, []string{"backend"})
+	m.retriesRefused = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "retries_refused_total",
+		Help: "Failed attempts not retried because the retry budget was spent; their answer went to the client.",
+	})
 	m.rateLimited = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "rate_limited_total",
 		Help: "Requests refused with 429 because the client's bucket was empty.",
@@ -131,6 +137,10 @@ func (m *Metrics) newBackendFamilies() {
 		Help:    "Duration of active health probes, by backend and result (success, failure).",
 		Buckets: prometheus.DefBuckets,
 	}, []string{"backend", "result"})
+	m.ejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "outlier_ejections_total",
+		Help: "Outlier ejections: a backend taken out of rotation after failed answers in a row, by backend.",
+	}, []string{"backend"})
 }
 
 func (m *Metrics) newStoreFamilies() {

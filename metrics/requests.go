@@ -68,6 +68,9 @@ func (m *Metrics) ObserveAttempt(b messages.Backend, result string, d time.Durat
 // Retry implements pipeline.Observer.
 func (m *Metrics) Retry(b messages.Backend) { m.backends.get(b).retries.Inc() }
 
+// RetryRefused implements pipeline.Observer.
+func (m *Metrics) RetryRefused(messages.Backend) { m.retriesRefused.Inc() }
+
 // RateLimited implements pipeline.Observer.
 func (m *Metrics) RateLimited() { m.rateLimited.Inc() }
 

@@ -48,6 +48,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 			MaxRetryBodyBytes: 1 << 20,
 			Transport:         transport,
 			Observer:          obs,
+			RetryBudget:       &RetryBudget{Percent: 20, MinRetries: 3}, // as configured by default
 		})
 		b.Cleanup(p.CloseIdleConnections)
 		b.Run("serial", func(b *testing.B) {

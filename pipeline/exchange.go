@@ -51,6 +51,10 @@ type exchange struct {
 	last     messages.Backend // the backend whose answer or failure counts
 	backend  string           // its host, for the log
 	attempts int
+	// Counters held, given back by endAttempt and endRequest (gateway.go).
+	load     *messages.BackendLoad // the attempt's place in its backend's in flight
+	retrying bool                  // the attempt is a retry within the budget
+	inBudget bool                  // the request counts in the budget's requests
 	status   int
 	bytes    int64 // body bytes of an error reply; proxied ones count in body
 	err      error // why the request failed, for the log

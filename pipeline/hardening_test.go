@@ -418,7 +418,7 @@ func TestRetryBufferBudget(t *testing.T) {
 	assert.Equal(t, http.StatusOK, res.StatusCode, "within the budget: retried")
 	assert.Equal(t, sha256Hex(small), body)
 
-	h.p.next.Store(0)
+	h.p.lb.next.Store(0)
 	res, body = h.do(t, request{method: http.MethodPut, body: strings.NewReader(string(big))})
 	assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode, "over the budget: streamed once")
 	assert.Equal(t, sha256Hex(big), body, "intact")
@@ -453,7 +453,7 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // Idle backend connections must close before common backends close them
 // (Node.js and Apache: 5 s), or reusing one races with its close.
 func TestIdleConnTimeoutBelowCommonBackendKeepAlive(t *testing.T) {
-	tr := newTransport()
+	tr := newTransport(nil)
 	defer tr.CloseIdleConnections()
 	assert.Less(t, tr.IdleConnTimeout, 5*time.Second)
 	assert.Positive(t, tr.IdleConnTimeout)

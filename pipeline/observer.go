@@ -25,6 +25,9 @@ type Observer interface {
 	ObserveAttempt(b messages.Backend, result string, d time.Duration)
 	// Retry reports that a failed attempt on b is retried elsewhere.
 	Retry(b messages.Backend)
+	// RetryRefused reports that a failed attempt on b was not retried
+	// because the retry budget was spent: its answer went to the client.
+	RetryRefused(b messages.Backend)
 	// RateLimited reports a request refused with 429.
 	RateLimited()
 	// AuthFailed reports a request refused with 401; reason is one of the

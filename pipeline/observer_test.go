@@ -56,9 +56,10 @@ func (r *recorder) ObserveAttempt(b messages.Backend, result string, d time.Dura
 	r.add("attempt %s %s", host(b), result)
 }
 
-func (r *recorder) Retry(b messages.Backend) { r.add("retry %s", host(b)) }
-func (r *recorder) RateLimited()             { r.add("rate_limited") }
-func (r *recorder) AuthFailed(reason string) { r.add("auth %s", reason) }
+func (r *recorder) Retry(b messages.Backend)        { r.add("retry %s", host(b)) }
+func (r *recorder) RetryRefused(b messages.Backend) { r.add("retry_refused %s", host(b)) }
+func (r *recorder) RateLimited()                    { r.add("rate_limited") }
+func (r *recorder) AuthFailed(reason string)        { r.add("auth %s", reason) }
 
 // wait returns the events of one finished request: ObserveRequest runs
 // after the answer is written, so the client may see it first.

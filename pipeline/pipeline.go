@@ -1,8 +1,9 @@
 // Package pipeline owns the main port's request path (SPEC 3): authenticate
-// the API key, admit the request against the client's bucket, pick a healthy
-// backend round-robin, forward (by httputil.ReverseProxy's rules, without
-// its per-request copies) and retry failed attempts on other backends. It
-// also stamps request IDs and writes the access log (SPEC 6).
+// the API key, admit the request against the client's bucket, pick a
+// healthy backend (smooth weighted round-robin or least_request, SPEC 10),
+// forward (by httputil.ReverseProxy's rules, without its per-request
+// copies) and retry failed attempts on other backends within the retry
+// budget. It also stamps request IDs and writes the access log (SPEC 6).
 //
 // A Pipeline starts no goroutines of its own; the http.Transport it builds
 // keeps pooled connections, which CloseIdleConnections releases at shutdown.
@@ -73,6 +74,16 @@ type Options struct {
 	// Transport sends each attempt. Nil means a transport tuned for many
 	// keep-alive connections to few hosts, owned by the Pipeline.
 	Transport http.RoundTripper
+	// DialTLSContext, for the Pipeline's own transport, connects to https
+	// backends and completes the TLS handshake (verifying the backend as
+	// the caller sees fit); nil means the standard library's, against the
+	// system roots.
+	DialTLSContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Policy is PolicyRoundRobin ("" too) or PolicyLeastRequest;
+	// RetryBudget bounds retries in flight, nil meaning no bound beside
+	// MaxRetries. SetBalancing changes both live.
+	Policy      string
+	RetryBudget *RetryBudget
 }
 
 // Pipeline is the http.Handler of the main port. It is safe for concurrent
@@ -88,11 +99,13 @@ type Pipeline struct {
 	obs         Observer          // nil: no metrics
 	admObs      AdmissionObserver // obs, when it implements it; else nil
 
-	limits    atomic.Pointer[limits]
-	next      atomic.Uint64 // round-robin position
-	ids       idSource
-	buffers   copyBuffers // ReverseProxy's response copy buffers
-	exchanges sync.Pool   // *exchange, one per request in flight
+	limits       atomic.Pointer[limits]
+	lb           balancer
+	budget       retryBudget
+	budgetLimits atomic.Pointer[budgetLimits] // nil: no retry budget
+	ids          idSource
+	buffers      copyBuffers // ReverseProxy's response copy buffers
+	exchanges    sync.Pool   // *exchange, one per request in flight
 }
 
 // limits are the settings SIGHUP may change; a new value replaces the old
@@ -121,7 +134,7 @@ func New(opts Options) *Pipeline {
 	p.admObs, _ = opts.Observer.(AdmissionObserver)
 	p.ids.init()
 	if p.transport == nil {
-		p.transport = newTransport()
+		p.transport = newTransport(opts.DialTLSContext)
 	}
 	if p.logger == nil {
 		p.logger = slog.New(slog.DiscardHandler)
@@ -131,6 +144,7 @@ func New(opts Options) *Pipeline {
 	}
 	p.exchanges.New = func() any { return newExchange(p) }
 	p.SetLimits(opts.MaxRetries, opts.RequestTimeout)
+	p.SetBalancing(opts.Policy, opts.RetryBudget)
 	return p
 }
 
@@ -222,6 +236,7 @@ func isWebSocket(upgrade []string) bool {
 
 // finish measures and logs the request and recycles its exchange.
 func (p *Pipeline) finish(x *exchange) {
+	x.endRequest()
 	if p.obs != nil {
 		p.obs.ObserveRequest(x.last, x.status, time.Since(x.start))
 	}
@@ -239,27 +254,39 @@ func (p *Pipeline) authFailed(reason string) {
 // route is what a request's attempts share to choose their backends: its
 // turn in the rotation and the backends tried, in order.
 type route struct {
-	turn  uint64
-	tried []int // backend IDs
+	turn  uint64 // index in the snapshot of the first attempt's backend
+	tried []int  // backend IDs
 }
 
 // pick chooses the backend of a request's next attempt among those healthy
-// now, and records it in r. The first attempt takes the next turn of the
-// shared round-robin (SPEC 3.3); retries go on from that turn to the next
-// backends not tried, without moving the shared turn, so that first
-// attempts spread evenly even while one backend fails every attempt. ok is
-// false when no healthy backend is left untried.
+// now, and records it in r. The first attempt takes the balancer's choice
+// (SPEC 3.3, 10): the next turn of the shared smooth weighted round-robin,
+// or least_request's. Retries do not move the shared turn, so that first
+// attempts keep their spread even while one backend fails every attempt:
+// under round_robin they go on from the first attempt's backend to the
+// next ones not tried; under least_request they take the least loaded
+// backend not tried. ok is false when no healthy backend is left untried.
 func (p *Pipeline) pick(r *route) (b messages.Backend, ok bool) {
 	healthy := p.backends.Healthy()
 	n := uint64(len(healthy))
 	if n == 0 {
 		return messages.Backend{}, false
 	}
-	start := r.turn + 1
 	if len(r.tried) == 0 {
-		r.turn = p.next.Add(1) - 1
-		start = r.turn
+		i := p.lb.first(healthy)
+		r.turn = uint64(i)
+		r.tried = append(r.tried, healthy[i].ID)
+		return healthy[i], true
 	}
+	if p.lb.leastRequest.Load() {
+		i := leastLoaded(healthy, r.tried)
+		if i < 0 {
+			return messages.Backend{}, false
+		}
+		r.tried = append(r.tried, healthy[i].ID)
+		return healthy[i], true
+	}
+	start := r.turn + 1
 	for i := range n {
 		b = healthy[(start+i)%n]
 		if !containsID(r.tried, b.ID) {
@@ -298,10 +325,16 @@ const (
 	idleConnTimeout     = 4 * time.Second
 )
 
-func newTransport() *http.Transport {
+func newTransport(dialTLS func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
 	d := &net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+	if dialTLS != nil {
+		// Counted like plain connections: bytes written before
+		// encryption tell as well whether a request reached the wire.
+		dialTLS = countingDial(dialTLS)
+	}
 	return &http.Transport{
 		DialContext:           countingDial(d.DialContext),
+		DialTLSContext:        dialTLS,
 		MaxIdleConnsPerHost:   maxIdleConnsPerHost,
 		IdleConnTimeout:       idleConnTimeout,
 		DisableCompression:    true, // pass encodings through untouched

@@ -97,10 +97,12 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 	// An empty key promises nothing.
 	hasKey := len(out.Header[hdrIdempotencyKey]) > 0 && out.Header[hdrIdempotencyKey][0] != ""
 
+	x.beginRequest()
 	var last lastFailure
 	for x.attempts < budget {
 		b, ok := x.p.pick(&x.route)
 		if !ok {
+			x.endAttempt() // a retry admitted by the budget that found no backend
 			if x.attempts == 0 {
 				return nil, messages.ErrNoBackend
 			}
@@ -114,11 +116,15 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 		}
 		x.attempts++
 		x.last, x.backend = b, b.URL.Host
+		x.beginAttempt(b)
 		o := x.timedTry(out, b, &body, lim.requestTimeout)
+		if o.fail.kind != failNone {
+			x.endAttempt()
+		}
 		if o.fail.passive() {
 			x.p.backends.ReportFailure(out.Context(), b, o.err)
 		}
-		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail)
+		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail) && x.mayRetry()
 		if res, done, err := x.settle(out, &last, o, retry); done {
 			return res, err
 		}

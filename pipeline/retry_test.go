@@ -99,7 +99,7 @@ func TestRetryPolicy(t *testing.T) {
 			res, body := h.do(t, request{method: method, body: strings.NewReader("x")})
 			assert.Equal(t, http.StatusServiceUnavailable, res.StatusCode)
 			assert.Equal(t, "busy", body, "the client gets the backend's answer")
-			h.p.next.Store(0) // start at bad again
+			h.p.lb.next.Store(0) // start at bad again
 		}
 		assert.Zero(t, ok.hits.Load())
 	})

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"os"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/tollgate/tollgate/actors"
 	"github.com/tollgate/tollgate/config"
+	"github.com/tollgate/tollgate/pipeline"
 )
 
 // live is the part of the app that SIGHUP changes besides the actors
@@ -89,12 +92,22 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	cur := a.live.cfg
+	files, err := a.readTLSFiles(next)
+	if err != nil {
+		a.metrics.ConfigReloaded(false)
+		return err
+	}
 	if err := a.registry.Reconfigure(ctx, actors.RegistryConfigFrom(next.LoadBalancer)); err != nil {
 		a.metrics.ConfigReloaded(false)
 		return fmt.Errorf("reload backends: %w", err)
 	}
+	a.backendTLS.roots.Store(files.roots)
+	if files.cert != nil {
+		a.cert.cert.Store(files.cert)
+	}
 	lb := next.LoadBalancer
 	a.forward.SetLimits(lb.MaxRetries, lb.RequestTimeout)
+	a.forward.SetBalancing(lb.Policy, retryBudget(lb))
 	if err := a.live.level.UnmarshalText([]byte(next.LogLevel)); err != nil {
 		// config.Load has validated the level; this is a wiring bug.
 		log.Error("reload: log level", slog.Any("err", err))
@@ -106,6 +119,7 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 	log.Info("config reloaded",
 		"backends", len(lb.BackendURLs),
 		"max_retries", lb.MaxRetries,
+		"policy", lb.Policy,
 		"request_timeout", lb.RequestTimeout.String(),
 		"health_check_interval", lb.HealthCheckInterval.String(),
 		"log_level", next.LogLevel,
@@ -115,11 +129,37 @@ func (a *app) reload(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
+// tlsFiles are what a reload reads besides the configuration file.
+type tlsFiles struct {
+	cert  *tls.Certificate // nil: the servers speak plain HTTP
+	roots *x509.CertPool
+}
+
+// readTLSFiles reads the certificate and CA files next names, so that a
+// bad one fails the reload before anything changes. The servers keep
+// speaking TLS or not as they started.
+func (a *app) readTLSFiles(next *config.Config) (tlsFiles, error) {
+	var f tlsFiles
+	var err error
+	if f.roots, err = loadRoots(next.LoadBalancer.CAFile); err != nil {
+		return f, err
+	}
+	if a.cert != nil && next.TLSEnabled() {
+		if f.cert, err = loadKeyPair(next.TLSCertFile, next.TLSKeyFile); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}
+
 // inForce is the configuration after a reload: next's live fields over
 // cur's restart-only ones.
 func inForce(cur, next *config.Config) *config.Config {
 	out := *cur
 	out.LogLevel = next.LogLevel
+	if cur.TLSEnabled() && next.TLSEnabled() {
+		out.TLSCertFile, out.TLSKeyFile = next.TLSCertFile, next.TLSKeyFile
+	}
 	lb := next.LoadBalancer
 	lb.HealthCheckWorkerCount = cur.LoadBalancer.HealthCheckWorkerCount
 	lb.MaxRetryBodyBytes = cur.LoadBalancer.MaxRetryBodyBytes
@@ -147,6 +187,7 @@ var restartOnly = []struct {
 	{"database_connect_timeout", false, func(c *config.Config) any { return c.DatabaseConnectTimeout }},
 	{"access_log", false, func(c *config.Config) any { return c.AccessLog }},
 	{"pprof", false, func(c *config.Config) any { return c.Pprof }},
+	{"tls_cert_file (TLS on or off)", false, func(c *config.Config) any { return c.TLSEnabled() }},
 	{"load_balancer.health_check_worker_count", false, func(c *config.Config) any { return c.LoadBalancer.HealthCheckWorkerCount }},
 	{"load_balancer.max_retry_body_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBodyBytes }},
 	{"load_balancer.max_retry_buffer_bytes", false, func(c *config.Config) any { return c.LoadBalancer.MaxRetryBufferBytes }},
@@ -171,4 +212,9 @@ func warnRestartOnly(cur, next *config.Config, log *slog.Logger) {
 		}
 		log.Warn("config field changes only at restart; keeping the running value", attrs...)
 	}
+}
+
+// retryBudget is the pipeline's view of load_balancer.retry_budget.
+func retryBudget(lb config.LoadBalancer) *pipeline.RetryBudget {
+	return &pipeline.RetryBudget{Percent: lb.RetryBudget.Percent, MinRetries: lb.RetryBudget.MinRetries}
 }

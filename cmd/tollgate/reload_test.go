@@ -390,7 +390,11 @@ func TestReloadChangesRetries(t *testing.T) {
 	}))
 	t.Cleanup(bad.Close)
 	good := newOpsBackend(t)
-	la := startLiveApp(t, baseConfig(t, bad.URL, good.URL))
+	cfg := baseConfig(t, bad.URL, good.URL)
+	// Outlier detection would eject bad after 5 failed answers; this test
+	// is about retries.
+	lbOf(cfg)["outlier"] = map[string]any{"consecutive_failures": 0}
+	la := startLiveApp(t, cfg)
 	key := opsCreate(t, la.hc, la.addr, map[string]any{"client_id": "c", "rate_per_sec": 1000, "capacity": 1000}).APIKey
 	codes := func() map[int]int {
 		out := map[int]int{}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -174,6 +175,10 @@ type app struct {
 	watcher persist.Watcher
 	metrics *metrics.Metrics
 	live    live // what SIGHUP changes: reload.go
+	// cert is the servers' certificate; nil when they speak plain HTTP.
+	cert *serverCert
+	// backendTLS verifies https backends; SIGHUP reloads its roots.
+	backendTLS *backendTLS
 }
 
 func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log *slog.Logger) (*app, error) {
@@ -193,17 +198,24 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 	if err != nil {
 		return nil, err
 	}
-	registry, err := actors.NewRegistry(actors.RegistryConfigFrom(lb), actors.HTTPProbe(nil), log)
+	cert, bt, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	probe := actors.HTTPProbe(actors.NewProbeClient(bt.DialTLSContext))
+	registry, err := actors.NewRegistry(actors.RegistryConfigFrom(lb), probe, log)
 	if err != nil {
 		return nil, err
 	}
 	m.CachedClients(limiter.CachedClients)
 	registry.SetObserver(m)
 	a := &app{
-		watcher:  asWatcher(store),
-		limiter:  limiter,
-		registry: registry,
-		metrics:  m,
+		watcher:    asWatcher(store),
+		cert:       cert,
+		backendTLS: bt,
+		limiter:    limiter,
+		registry:   registry,
+		metrics:    m,
 		persister: actors.NewPersister(actors.PersisterConfig{
 			Interval:     rl.SaveStateInterval,
 			FlushTimeout: cfg.ShutdownTimeout,
@@ -218,7 +230,10 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			MaxRetryBufferBytes: lb.MaxRetryBufferBytes,
 			Logger:              log,
 			AccessLog:           cfg.AccessLog,
-			Observer:            observers{Metrics: m, traffic: counters},
+			Observer:            observers{Metrics: m, traffic: counters, registry: registry},
+			DialTLSContext:      bt.DialTLSContext,
+			Policy:              lb.Policy,
+			RetryBudget:         retryBudget(lb),
 		}),
 	}
 	a.live.cfg = cfg
@@ -258,13 +273,17 @@ func listen(cfg *config.Config, opts options, a *app, log *slog.Logger) ([]*serv
 		mainHandler = httpapi.NewMain(a.admin, a.forward, extra...)
 	}
 	var servers []*server
-	s, err := newServer("main", mainAddr, mainHandler, log)
+	var tlsConf *tls.Config
+	if a.cert != nil {
+		tlsConf = a.cert.tlsConfig()
+	}
+	s, err := newServer("main", mainAddr, mainHandler, tlsConf, log)
 	if err != nil {
 		return nil, err
 	}
 	servers = append(servers, s)
 	if separate {
-		s, err := newServer("admin", orAddr(opts.adminAddr, cfg.AdminPort), a.admin, log)
+		s, err := newServer("admin", orAddr(opts.adminAddr, cfg.AdminPort), a.admin, tlsConf, log)
 		if err != nil {
 			servers[0].ln.Close()
 			return nil, err
@@ -285,13 +304,19 @@ func orAddr(addr string, port int) string {
 // (slowloris). A variable only so that tests need not wait 5 s.
 var readHeaderTimeout = 5 * time.Second
 
-func newServer(name, addr string, h http.Handler, log *slog.Logger) (*server, error) {
+// newServer listens on addr. A non-nil tlsConf makes the server speak TLS
+// (HTTP/2 and HTTP/1.1 by ALPN); each server gets its own copy.
+func newServer(name, addr string, h http.Handler, tlsConf *tls.Config, log *slog.Logger) (*server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s on %s: %w", name, addr, err)
 	}
-	log.Info("listening", "server", name, "addr", ln.Addr().String())
+	log.Info("listening", "server", name, "addr", ln.Addr().String(), "tls", tlsConf != nil)
+	if tlsConf != nil {
+		tlsConf = tlsConf.Clone()
+	}
 	return &server{name: name, ln: ln, srv: &http.Server{
+		TLSConfig:         tlsConf,
 		Handler:           closeAfterChunked(h),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       90 * time.Second,
@@ -364,12 +389,20 @@ func (a *app) run(ctx context.Context, servers []*server, shutdownTimeout time.D
 	return err
 }
 
+// serve serves s.ln, over TLS when the server has a TLS configuration.
+func (s *server) serve() error {
+	if s.srv.TLSConfig != nil {
+		return s.srv.ServeTLS(s.ln, "", "")
+	}
+	return s.srv.Serve(s.ln)
+}
+
 // serve runs the servers until ctx is done or one fails, then shuts them
 // all down, letting in-flight requests finish within timeout.
 func serve(ctx context.Context, servers []*server, timeout time.Duration, log *slog.Logger) error {
 	errc := make(chan error, len(servers))
 	for _, s := range servers {
-		go func() { errc <- s.srv.Serve(s.ln) }() // received below, once per server
+		go func() { errc <- s.serve() }() // received below, once per server
 	}
 	var err error
 	pending := len(servers)
