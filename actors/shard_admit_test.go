@@ -33,7 +33,7 @@ func TestAdmitReqInvariantTwoRepliesFitTheBuffer(t *testing.T) {
 		s, h := shardWith(t)
 		r := newAdmitReq().(*admitReq)
 		r.hash = h
-		s.admit(r) // "load"
+		s.admit(r)  // "load"
 		r.release() // as Limiter.load does before reporting
 		c := newClient("c", invKey, 1, 10, time.Now())
 		s.loaded(&loadDone{hash: h, client: c, loader: r}) // the decision, unread "load" still queued
