@@ -19,10 +19,19 @@ type loadClient struct {
 	firstAnswer        atomic.Int64 // Unix nanoseconds of its first answer
 	mu                 sync.Mutex
 	firstOther         string
+	lastAnswer         time.Time     // under mu
+	maxGap             time.Duration // longest time between two answers, under mu
 }
 
 func (c *loadClient) record(r reply, err error) {
-	c.firstAnswer.CompareAndSwap(0, time.Now().UnixNano())
+	now := time.Now()
+	c.firstAnswer.CompareAndSwap(0, now.UnixNano())
+	c.mu.Lock()
+	if !c.lastAnswer.IsZero() {
+		c.maxGap = max(c.maxGap, now.Sub(c.lastAnswer))
+	}
+	c.lastAnswer = now
+	c.mu.Unlock()
 	switch {
 	case err == nil && r.status == http.StatusOK:
 		c.ok.Add(1)
@@ -107,6 +116,13 @@ func TestLoadAdmitsExactlyWhatTheBucketsHold(t *testing.T) {
 // refill at its first request, after loadStart and before its first
 // answer; reading the tokens takes from before to after. The slack of 1
 // covers rounding of the tokens shown and clock reads.
+//
+// The lower bound holds only while demand never lets the bucket fill up
+// (a full bucket refills nothing). While answers follow each other within
+// 1/rate, every gap refills less than one token and every request spends
+// one, so the bucket cannot fill; a longer gap (a machine so loaded that
+// the load generator stalls) voids the lower bound for that client, which
+// is then logged, while the upper bound, no over-admission, always holds.
 func (c *loadClient) checkAccounts(t *testing.T, admin *instance, hc *http.Client, loadStart time.Time) {
 	t.Helper()
 	before := time.Now()
@@ -120,6 +136,14 @@ func (c *loadClient) checkAccounts(t *testing.T, admin *instance, hc *http.Clien
 	most := capacity + c.RatePerSec*after.Sub(loadStart).Seconds()
 	least := capacity + c.RatePerSec*before.Sub(first).Seconds()
 	assert.LessOrEqual(t, accounted, most+1, "%s: admitted %v + tokens %v", c.ClientID, admitted, got.Tokens)
+	c.mu.Lock()
+	gap := c.maxGap
+	c.mu.Unlock()
+	if gap.Seconds() >= 1/c.RatePerSec {
+		t.Logf("%s: answers stalled for %v, longer than 1/rate: lower bound not checked (admitted %v + tokens %v, least %.1f)",
+			c.ClientID, gap.Round(time.Millisecond), admitted, got.Tokens, least)
+		return
+	}
 	assert.GreaterOrEqual(t, accounted, least-1, "%s: admitted %v + tokens %v", c.ClientID, admitted, got.Tokens)
 	assert.Less(t, got.Tokens, capacity, "%s: the bucket never filled again", c.ClientID)
 }
