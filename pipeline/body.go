@@ -380,22 +380,34 @@ var errAnswerTooLarge = errors.New("pipeline: failed answer too large to hold")
 // holdAnswer reads a failed answer's body into memory and ends its
 // attempt, so the answer can be returned after later attempts. An answer
 // over maxHeldAnswer, or one whose body fails, is closed and an error
-// returned.
+// returned; res then keeps its status and headers with an empty body, so
+// it can still be the last answer (SPEC 3.5).
 func holdAnswer(res *http.Response) error {
 	if res.ContentLength > maxHeldAnswer {
 		_ = res.Body.Close()
+		dropBody(res)
 		return errAnswerTooLarge
 	}
 	buf, err := io.ReadAll(io.LimitReader(res.Body, maxHeldAnswer+1))
 	_ = res.Body.Close() // read to the end, failed, or dropped: nothing to report
-	if err != nil {
-		return err
+	if err == nil && len(buf) > maxHeldAnswer {
+		err = errAnswerTooLarge
 	}
-	if len(buf) > maxHeldAnswer {
-		return errAnswerTooLarge
+	if err != nil {
+		dropBody(res)
+		return err
 	}
 	res.Body = io.NopCloser(bytes.NewReader(buf))
 	return nil
+}
+
+// dropBody empties the body of an answer whose body was not kept. The
+// headers that describe that body would lie about the empty one.
+func dropBody(res *http.Response) {
+	res.Body, res.ContentLength, res.Trailer = http.NoBody, 0, nil
+	res.TransferEncoding = nil
+	delete(res.Header, "Content-Length")
+	delete(res.Header, "Content-Encoding")
 }
 
 // copyBuffers is the proxy's BufferPool: the stock proxy allocates a 32 KiB

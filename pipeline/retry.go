@@ -98,14 +98,11 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 	hasKey := len(out.Header[hdrIdempotencyKey]) > 0 && out.Header[hdrIdempotencyKey][0] != ""
 
 	var last lastFailure
-	for x.attempts < budget {
-		b, ok := x.p.pick(&x.route)
-		if !ok {
-			if x.attempts == 0 {
-				return nil, messages.ErrNoBackend
-			}
-			break
-		}
+	b, ok := x.p.pick(&x.route)
+	if !ok {
+		return nil, messages.ErrNoBackend
+	}
+	for {
 		if x.attempts > 0 {
 			x.logRetry(&last, b)
 			if x.p.obs != nil {
@@ -119,6 +116,12 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 			x.p.backends.ReportFailure(out.Context(), b, o.err)
 		}
 		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail)
+		if retry {
+			// The next backend is chosen before the answer is settled:
+			// with none left, this answer is the last one and goes to the
+			// client as it is, whatever its size (SPEC 3.5).
+			b, retry = x.p.pick(&x.route)
+		}
 		if res, done, err := x.settle(out, &last, o, retry); done {
 			return res, err
 		}
@@ -158,11 +161,11 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 			return x.deliver(o.res), true, nil
 		}
 		// Held so that it can be returned if every attempt fails. One too
-		// large to hold is dropped: a retry is worth more than its body.
-		if o.err = holdAnswer(o.res); o.err == nil {
-			closeAnswer(last.answer)
-			last.answer, last.from = o.res, x.last
-		}
+		// large to hold keeps its status and headers only: a retry is
+		// worth more than its body, but it is still the latest answer.
+		o.err = holdAnswer(o.res)
+		closeAnswer(last.answer)
+		last.answer, last.from = o.res, x.last
 	}
 	last.backend, last.status, last.err, last.fail = x.backend, 0, o.err, o.fail
 	if o.res != nil {
