@@ -93,6 +93,7 @@ func (p *Pipeline) streams(out *http.Request) bool {
 // transport reads it on its own goroutine, hence the atomic.
 type clientBody struct {
 	rc      io.ReadCloser
+	guard   *guardedBody             // rc when forward's; nil on the upgrade path
 	ctl     *http.ResponseController // nil: no deadline to set
 	timeout time.Duration
 	at      *attempt // the streaming attempt; nil while buffering
@@ -107,6 +108,7 @@ type clientBody struct {
 // newClientBody wraps rc, read by the handler writing to w.
 func newClientBody(rc io.ReadCloser, w http.ResponseWriter, timeout time.Duration) *clientBody {
 	c := &clientBody{rc: rc, timeout: timeout}
+	c.guard, _ = rc.(*guardedBody)
 	if timeout > 0 && w != nil {
 		c.ctl = http.NewResponseController(w)
 		// Also clears a leftover deadline; the server sets none of its own
@@ -122,17 +124,14 @@ func (c *clientBody) Read(p []byte) (int, error) {
 	if c.at != nil {
 		c.at.waitClient()
 	}
-	if c.ctl != nil {
-		_ = c.ctl.SetReadDeadline(time.Now().Add(c.timeout))
-	}
-	n, err := c.rc.Read(p)
+	n, err := c.readWithin(p)
 	c.read += int64(n)
 	switch {
 	case err == io.EOF:
 		if c.ctl != nil {
 			// The server now reads ahead for the next request; our
 			// deadline must not cut that read.
-			_ = c.ctl.SetReadDeadline(time.Time{})
+			c.clearDeadline()
 		}
 		for k, vv := range c.trailerIn {
 			if trailerPasses(k) {
@@ -151,6 +150,27 @@ func (c *clientBody) Read(p []byte) (int, error) {
 }
 
 func (c *clientBody) Close() error { return c.rc.Close() }
+
+// readWithin reads from rc within the read deadline. Through forward's
+// guardedBody the deadline is set only while the handler runs.
+func (c *clientBody) readWithin(p []byte) (int, error) {
+	switch {
+	case c.ctl == nil:
+		return c.rc.Read(p)
+	case c.guard != nil:
+		return c.guard.readWithin(p, c.ctl, c.timeout)
+	}
+	_ = c.ctl.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.rc.Read(p)
+}
+
+func (c *clientBody) clearDeadline() {
+	if c.guard != nil {
+		c.guard.clearDeadline(c.ctl)
+		return
+	}
+	_ = c.ctl.SetReadDeadline(time.Time{})
+}
 
 // isTimeout reports whether err is a read deadline passing.
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }

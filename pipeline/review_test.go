@@ -1,9 +1,13 @@
 package pipeline
 
 import (
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,4 +57,89 @@ func TestLargeFailedAnswerWithNothingLeftToTry(t *testing.T) {
 		assert.NotEqual(t, "131072", res.Header.Get("Content-Length"), "no Content-Length for a body not sent")
 		assert.EqualValues(t, 1, slow.hits.Load(), "the retry happened")
 	})
+}
+
+// transportFunc is an http.RoundTripper made of a function.
+type transportFunc func(*http.Request) (*http.Response, error)
+
+func (f transportFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// eventStream answers with events every gap until n were sent, stopping
+// early when req's context ends. wg waits for its writer.
+func eventStream(req *http.Request, n int, gap time.Duration, wg *sync.WaitGroup) *http.Response {
+	pr, pw := io.Pipe()
+	wg.Go(func() {
+		for i := range n {
+			if _, err := fmt.Fprintf(pw, "data: %d\n\n", i); err != nil {
+				return
+			}
+			select {
+			case <-time.After(gap):
+			case <-req.Context().Done():
+				pw.CloseWithError(req.Context().Err())
+				return
+			}
+		}
+		pw.Close()
+	})
+	return &http.Response{StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"text/event-stream"}}, ContentLength: -1, Body: pr, Request: req}
+}
+
+// A transport may read a streamed request body after the backend answered
+// and the handler returned (http.Transport's write loop does). Such a read
+// must not set a read deadline on the client's connection, which by then
+// serves the next keep-alive request: that request's stream would be cut
+// request_timeout later (the server's background read times out and
+// cancels it).
+func TestLateBodyReadSetsNoDeadlineOnTheNextRequest(t *testing.T) {
+	const (
+		timeout = 400 * time.Millisecond
+		events  = 12
+		gap     = timeout / 4 // 3 × request_timeout in all
+	)
+	var wg sync.WaitGroup
+	late, lateDone := make(chan struct{}), make(chan error, 1)
+	ctx := t.Context()
+	tr := transportFunc(func(req *http.Request) (*http.Response, error) {
+		if req.Method == http.MethodGet {
+			return eventStream(req, events, gap, &wg), nil
+		}
+		// Answers at once; reads the body only when told, after the
+		// handler returned.
+		wg.Go(func() {
+			select {
+			case <-late:
+			case <-ctx.Done():
+				return
+			}
+			_, err := req.Body.Read(make([]byte, 16))
+			lateDone <- err
+		})
+		return &http.Response{StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Header: http.Header{}, ContentLength: 5, Body: io.NopCloser(strings.NewReader("early")), Request: req}, nil
+	})
+	h := newHarness(t, setup{backends: []string{"http://127.0.0.1:1"},
+		opts: Options{Transport: tr, RequestTimeout: timeout, MaxRetryBodyBytes: 4}})
+	t.Cleanup(wg.Wait) // after the server closed: every stream has ended
+
+	res, body := h.do(t, request{method: http.MethodPut, body: strings.NewReader("0123456789")})
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	require.Equal(t, "early", body)
+
+	var reused atomic.Bool
+	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused.Store(i.Reused) }}
+	stream := h.send(t, request{ctx: httptrace.WithClientTrace(t.Context(), trace)})
+	defer stream.Body.Close()
+	require.True(t, reused.Load(), "the second request rides the first one's connection")
+	close(late)
+	select {
+	case err := <-lateDone:
+		require.Error(t, err, "a read after the handler returned fails")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the late read did not happen")
+	}
+	got, err := io.ReadAll(stream.Body)
+	require.NoError(t, err, "the stream is not cut")
+	assert.Equal(t, events, strings.Count(string(got), "data: "))
 }
