@@ -71,7 +71,10 @@ type Options struct {
 	// Observer receives measurements for metrics; nil measures nothing.
 	Observer Observer
 	// Transport sends each attempt. Nil means a transport tuned for many
-	// keep-alive connections to few hosts, owned by the Pipeline.
+	// keep-alive connections to few hosts, owned by the Pipeline. Another
+	// transport cannot tell whether a failed attempt wrote anything, so
+	// every failure through it counts as sent: POST and PATCH without an
+	// Idempotency-Key are then never retried.
 	Transport http.RoundTripper
 }
 
@@ -81,6 +84,7 @@ type Pipeline struct {
 	admitter    Admitter
 	backends    Backends
 	transport   http.RoundTripper
+	counting    bool // transport is newTransport's: its connections count bytes written
 	maxBody     int64
 	retryBuffer bufferBudget // bytes of bodies held for retries
 	logger      *slog.Logger
@@ -119,7 +123,7 @@ func New(opts Options) *Pipeline {
 	p.retryBuffer.limit = max(opts.MaxRetryBufferBytes, 0)
 	p.ids.init()
 	if p.transport == nil {
-		p.transport = newTransport()
+		p.transport, p.counting = newTransport(), true
 	}
 	if p.logger == nil {
 		p.logger = slog.New(slog.DiscardHandler)

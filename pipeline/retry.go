@@ -235,6 +235,12 @@ func (x *exchange) try(out *http.Request, b messages.Backend, body *requestBody,
 // sent comes from the connection, not the error.
 func (x *exchange) classify(client context.Context, at *attempt) failure {
 	f := failure{kind: failConn, sent: x.wire.wrote(), connected: x.wire.connected}
+	if !x.p.counting {
+		// A foreign transport may never report its connection (GotConn),
+		// so it may have written the request: assume it did, and that it
+		// connected, so a timeout does not mark the backend down either.
+		f.sent, f.connected = true, true
+	}
 	switch {
 	case client.Err() != nil:
 		return failure{kind: failCanceled, sent: true}

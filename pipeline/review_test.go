@@ -143,3 +143,35 @@ func TestLateBodyReadSetsNoDeadlineOnTheNextRequest(t *testing.T) {
 	require.NoError(t, err, "the stream is not cut")
 	assert.Equal(t, events, strings.Count(string(got), "data: "))
 }
+
+// A transport not built by New may never report its connections
+// (httptrace's GotConn), so nothing tells whether a failed attempt
+// reached the backend: it counts as sent, and a POST is not retried.
+func TestForeignTransportFailuresCountAsSent(t *testing.T) {
+	tests := []struct {
+		name     string
+		method   string
+		attempts int64
+	}{
+		{name: "POST is not retried", method: http.MethodPost, attempts: 1},
+		{name: "PUT is retried", method: http.MethodPut, attempts: 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var calls atomic.Int64
+			tr := transportFunc(func(req *http.Request) (*http.Response, error) {
+				calls.Add(1)
+				if req.Body != nil {
+					_, _ = io.Copy(io.Discard, req.Body) // it did reach the backend
+					_ = req.Body.Close()
+				}
+				return nil, io.ErrUnexpectedEOF
+			})
+			h := newHarness(t, setup{backends: []string{"http://127.0.0.1:1", "http://127.0.0.1:2"},
+				opts: Options{Transport: tr, MaxRetries: 1}})
+			res, body := h.do(t, request{method: tt.method, body: strings.NewReader("payload")})
+			assertJSONError(t, res, body, http.StatusBadGateway, "bad gateway")
+			assert.Equal(t, tt.attempts, calls.Load())
+		})
+	}
+}
