@@ -61,7 +61,8 @@ type Options struct {
 	MaxRetryBodyBytes int64
 	// MaxRetryBufferBytes caps the request body bytes held in memory for
 	// retries across all requests in flight; past it, bodies stream
-	// without retry. 0 holds none. See load_balancer.max_retry_buffer_bytes.
+	// without retry. 0 means the default, 64 MiB; negative holds none.
+	// See load_balancer.max_retry_buffer_bytes.
 	MaxRetryBufferBytes int64
 	// Logger receives access lines (debug), retries and failures (warn).
 	// Nil discards.
@@ -121,6 +122,10 @@ func New(opts Options) *Pipeline {
 		obs:         opts.Observer,
 	}
 	p.retryBuffer.limit = max(opts.MaxRetryBufferBytes, 0)
+	if opts.MaxRetryBufferBytes == 0 {
+		// Left out of an Options literal: retries stay on.
+		p.retryBuffer.limit = defaultRetryBuffer
+	}
 	p.ids.init()
 	if p.transport == nil {
 		p.transport, p.counting = newTransport(), true
@@ -277,6 +282,9 @@ func containsID(ids []int, id int) bool {
 	}
 	return false
 }
+
+// defaultRetryBuffer is MaxRetryBufferBytes when left 0.
+const defaultRetryBuffer = 64 << 20
 
 // maxRetryBodyLimit caps MaxRetryBodyBytes, so a misconfiguration cannot
 // make one request buffer without bound.

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"strings"
 	"sync"
@@ -13,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/messages"
 )
 
 // Regressions found in review of the forwarding hardening (issue 12).
@@ -172,6 +175,43 @@ func TestForeignTransportFailuresCountAsSent(t *testing.T) {
 			res, body := h.do(t, request{method: tt.method, body: strings.NewReader("payload")})
 			assertJSONError(t, res, body, http.StatusBadGateway, "bad gateway")
 			assert.Equal(t, tt.attempts, calls.Load())
+		})
+	}
+}
+
+// A zero MaxRetryBufferBytes is the default budget, not "hold none": an
+// Options literal that leaves it out must not silently turn off retries
+// for every request with a body. A negative value holds none.
+func TestRetryBufferBytesZeroMeansDefault(t *testing.T) {
+	bad := newBackend(t, hashing(http.StatusServiceUnavailable))
+	ok := newBackend(t, hashing(http.StatusOK))
+	bs := backendList(t, bad.URL, ok.URL)
+	tests := []struct {
+		name   string
+		buffer int64
+		limit  int64
+		status int
+	}{
+		{name: "zero is the default", buffer: 0, limit: 64 << 20, status: http.StatusOK},
+		{name: "negative holds none", buffer: -1, limit: 0, status: http.StatusServiceUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := New(Options{
+				Admitter:            fakeAdmitter{admit: admitTestKey},
+				Backends:            fakeBackends{healthy: func() []messages.Backend { return bs }},
+				MaxRetries:          1,
+				MaxRetryBodyBytes:   1 << 20,
+				MaxRetryBufferBytes: tt.buffer,
+			})
+			t.Cleanup(p.CloseIdleConnections)
+			assert.Equal(t, tt.limit, p.retryBuffer.limit)
+			req := httptest.NewRequestWithContext(t.Context(), http.MethodPut, "/", strings.NewReader("payload"))
+			req.Header.Set("Authorization", testKey)
+			rec := httptest.NewRecorder()
+			p.ServeHTTP(rec, req)
+			assert.Equal(t, tt.status, rec.Code)
+			assert.Equal(t, sha256Hex([]byte("payload")), rec.Body.String())
 		})
 	}
 }
