@@ -200,8 +200,10 @@ func (b *requestBody) release() {
 func (b *requestBody) attach(req *http.Request, at *attempt) {
 	switch {
 	case b.replay != nil && len(b.replay.buf) == 0 && b.trailer == nil:
-		// An empty chunked body: say so plainly.
+		// An empty chunked body: say so plainly. Its trailers all failed
+		// the filter, and req.Trailer is still the client's map.
 		req.Body, req.ContentLength, req.TransferEncoding = http.NoBody, 0, nil
+		req.Trailer = nil
 	case b.replay != nil:
 		req.Body = b.replay.open()
 		// GetBody lets the transport resend on a stale keep-alive

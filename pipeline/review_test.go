@@ -215,3 +215,42 @@ func TestRetryBufferBytesZeroMeansDefault(t *testing.T) {
 		})
 	}
 }
+
+// An empty chunked body whose every trailer was filtered out carries none
+// of the client's trailers: the outbound request must not keep the
+// client's map (it shares it with the inbound request).
+func TestEmptyBodyDropsFilteredTrailers(t *testing.T) {
+	t.Run("attach", func(t *testing.T) {
+		r := newReplay(&bufferBudget{limit: 1 << 20})
+		defer r.release()
+		body := requestBody{replay: r}
+		req := &http.Request{Trailer: http.Header{"X-Client-Id": {"admin"}}, ContentLength: -1,
+			TransferEncoding: []string{"chunked"}}
+		body.attach(req, nil)
+		assert.Nil(t, req.Trailer)
+		assert.Equal(t, http.NoBody, req.Body)
+	})
+	t.Run("end to end", func(t *testing.T) {
+		got := make(chan *http.Request, 1)
+		b := newBackend(t, func(_ http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body)
+			r.Header, r.Trailer = r.Header.Clone(), r.Trailer.Clone()
+			got <- r
+		})
+		h := newHarness(t, setup{backends: []string{b.URL}})
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, h.url, struct{ io.Reader }{strings.NewReader("")})
+		require.NoError(t, err)
+		req.Header.Set("Authorization", testKey)
+		req.Trailer = http.Header{"X-Client-Id": {"admin"}, "Authorization": {"Bearer stolen"}}
+		res, err := h.client.Do(req)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		require.Equal(t, http.StatusOK, res.StatusCode)
+		seen := <-got
+		assert.Equal(t, []string{testClientID}, seen.Header.Values("X-Client-Id"))
+		// The server puts announced trailer names into Trailer's keys.
+		assert.NotContains(t, seen.Trailer, "X-Client-Id", "neither announced nor sent")
+		assert.NotContains(t, seen.Trailer, "Authorization", "neither announced nor sent")
+	})
+}
