@@ -278,24 +278,31 @@ func (r *replay) release() {
 	}
 }
 
-// minBodyGrowth is the first allocation for a body, and the least step.
+// minBodyGrowth is the first allocation for a body of unknown length, and
+// the least step.
 const minBodyGrowth = 4 << 10
+
+// maxBodyStart bounds the first allocation for a body of declared length.
+const maxBodyStart = 64 << 10
 
 // fill reads the body: size bytes when known, else up to limit+1 so that
 // a body over the limit shows itself. The buffer grows as bytes arrive,
-// never ahead of them on the word of a Content-Length, and only as far as
-// the budget allows. complete reports that the whole body, at most limit
-// bytes, is in r.buf; otherwise r.buf holds its first part.
+// never more than 64 KiB ahead of them on the word of a Content-Length,
+// and only as far as the budget allows. complete reports that the whole
+// body, at most limit bytes, is in r.buf; otherwise r.buf holds its first
+// part.
 func (r *replay) fill(src io.Reader, size, limit int64) (complete bool, err error) {
-	want := limit + 1
+	want, step := limit+1, int64(minBodyGrowth)
 	if size >= 0 {
-		want = size
+		// A small declared body takes one buffer of its size, not a
+		// series of doublings from 4 KiB.
+		want, step = size, max(min(size, maxBodyStart), minBodyGrowth)
 	}
 	buf := r.buf[:0]
 	for int64(len(buf)) < want {
 		room := min(int64(cap(buf)), want)
 		if len(buf) == cap(buf) {
-			room = min(max(2*int64(cap(buf)), minBodyGrowth), want)
+			room = min(max(2*int64(cap(buf)), step), want)
 		}
 		if r.held < room {
 			if !r.budget.take(room - r.held) {

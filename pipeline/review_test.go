@@ -254,3 +254,31 @@ func TestEmptyBodyDropsFilteredTrailers(t *testing.T) {
 		assert.NotContains(t, seen.Trailer, "Authorization", "neither announced nor sent")
 	})
 }
+
+// A body with a declared length is read into one buffer of that size, up
+// to 64 KiB, instead of growing from 4 KiB by doubling; a larger one
+// starts at 64 KiB and grows as bytes arrive.
+func TestReplayFirstBufferFollowsContentLength(t *testing.T) {
+	tests := []struct {
+		name       string
+		size       int64
+		firstOffer int
+	}{
+		{name: "small body, one read", size: 10_000, firstOffer: 10_000},
+		{name: "large body starts bounded", size: 1 << 20, firstOffer: 64 << 10},
+		{name: "unknown length starts small", size: -1, firstOffer: minBodyGrowth},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &replay{budget: &bufferBudget{limit: 1 << 30}}
+			r.refs.Store(1)
+			defer r.release()
+			n := max(tt.size, 5000)
+			src := &offerRecorder{data: strings.Repeat("b", int(n))}
+			complete, err := r.fill(src, tt.size, 2<<20)
+			require.NoError(t, err)
+			assert.True(t, complete)
+			assert.Equal(t, tt.firstOffer, src.offered[0])
+		})
+	}
+}
