@@ -236,12 +236,16 @@ var replays = sync.Pool{New: func() any { return new(replay) }}
 type bufferBudget struct {
 	limit int64
 	used  atomic.Int64
+	peak  atomic.Int64 // the most used ever granted; tests hold it to limit
 }
 
 func (b *bufferBudget) take(n int64) bool {
-	if b.used.Add(n) > b.limit {
+	used := b.used.Add(n)
+	if used > b.limit {
 		b.used.Add(-n)
 		return false
+	}
+	for p := b.peak.Load(); used > p && !b.peak.CompareAndSwap(p, used); p = b.peak.Load() {
 	}
 	return true
 }
