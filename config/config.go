@@ -57,7 +57,7 @@ type LoadBalancer struct {
 	// MaxRetryBufferBytes caps the request body bytes held in memory for
 	// retries across all requests in flight
 	// (load_balancer.max_retry_buffer_bytes); past it, bodies stream
-	// without retry.
+	// without retry. 0 holds none.
 	MaxRetryBufferBytes int64
 
 	fromBackends bool // the file used backends, not backend_urls

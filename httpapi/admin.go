@@ -14,10 +14,12 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -124,7 +126,7 @@ func NewAdmin(opts Options) http.Handler {
 	if a.now == nil {
 		a.now = time.Now
 	}
-	var h http.Handler = requireJSONBody(a, a.router())
+	var h http.Handler = a.router()
 	if opts.AdminKey != "" {
 		h = a.requireKey(opts.AdminKey, h)
 	} else {
@@ -174,9 +176,16 @@ func (a *admin) router() *httprouter.Router {
 // returns errors for writeError to map.
 type handlerFunc func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) error
 
+// handle runs fn for a routed request. The body check comes here, after
+// routing, so that an unknown path is 404 and a wrong method 405 whatever
+// the body, and before fn, so that 415 precedes a real write's 400 or 413.
 func (a *admin) handle(fn handlerFunc) httprouter.Handle {
 	return func(w http.ResponseWriter, r *http.Request, ps httprouter.Params) {
-		if err := fn(w, r, ps); err != nil {
+		err := requireJSONBody(r)
+		if err == nil {
+			err = fn(w, r, ps)
+		}
+		if err != nil {
 			a.writeError(w, r, err)
 		}
 	}
@@ -230,8 +239,9 @@ func bearerToken(header string) (string, bool) {
 // Caddy's admin endpoint does, the request must also name a loopback Host
 // (a page whose domain was rebound to 127.0.0.1 sends its own name) and
 // carry no Origin but a loopback one (a cross-site request carries the
-// page's). Together with requireJSONBody, which forces a CORS preflight on
-// any write a page could send, no web page can read or change clients.
+// page's). Together with requireJSONBody (run by handle), which forces a
+// CORS preflight on any write a page could send, no web page can read or
+// change clients.
 func (a *admin) requireLoopback(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if isProbe(r.URL.Path) {
@@ -293,25 +303,41 @@ func loopbackOrigin(values []string) bool {
 // preflight only as a form, text/plain or a Blob without type, so this
 // keeps every body-carrying write behind a preflight the API never grants.
 // Requests without a body (GET, DELETE, rotate-key) need no Content-Type;
-// the profiles under PprofPrefix take their own.
-func requireJSONBody(a *admin, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength == 0 || strings.HasPrefix(r.URL.Path, PprofPrefix) {
-			next.ServeHTTP(w, r)
-			return
-		}
-		ct := r.Header.Get("Content-Type")
-		if ct == "" {
-			a.writeError(w, r, &requestError{kind: errUnsupportedMedia,
-				msg: "a request body needs Content-Type: application/json"})
-			return
-		}
-		if err := checkContentType(ct); err != nil {
-			a.writeError(w, r, err)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+// the profiles under PprofPrefix are not routed through handle and take
+// their own.
+func requireJSONBody(r *http.Request) error {
+	if !hasBody(r) {
+		return nil
+	}
+	ct := r.Header.Get("Content-Type")
+	if ct == "" {
+		return &requestError{kind: errUnsupportedMedia,
+			msg: "a request body needs Content-Type: application/json"}
+	}
+	return checkContentType(ct)
+}
+
+// hasBody reports whether r carries a body of at least one byte. A body of
+// unknown length (chunked) may be empty: its first byte is read to tell,
+// and put back in front of the rest. A read error counts as a body, which
+// the handler's own read then reports.
+func hasBody(r *http.Request) bool {
+	switch {
+	case r.ContentLength > 0:
+		return true
+	case r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody:
+		return false
+	}
+	var first [1]byte
+	n, err := io.ReadFull(r.Body, first[:])
+	if n == 0 && err == io.EOF {
+		return false
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(first[:n]), r.Body), r.Body}
+	return true
 }
 
 // isLoopback reports whether a RemoteAddr ("ip:port", or a bare ip) is in

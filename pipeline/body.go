@@ -93,6 +93,7 @@ func (p *Pipeline) streams(out *http.Request) bool {
 // transport reads it on its own goroutine, hence the atomic.
 type clientBody struct {
 	rc      io.ReadCloser
+	guard   *guardedBody             // rc when forward's; nil on the upgrade path
 	ctl     *http.ResponseController // nil: no deadline to set
 	timeout time.Duration
 	at      *attempt // the streaming attempt; nil while buffering
@@ -107,6 +108,7 @@ type clientBody struct {
 // newClientBody wraps rc, read by the handler writing to w.
 func newClientBody(rc io.ReadCloser, w http.ResponseWriter, timeout time.Duration) *clientBody {
 	c := &clientBody{rc: rc, timeout: timeout}
+	c.guard, _ = rc.(*guardedBody)
 	if timeout > 0 && w != nil {
 		c.ctl = http.NewResponseController(w)
 		// Also clears a leftover deadline; the server sets none of its own
@@ -122,17 +124,14 @@ func (c *clientBody) Read(p []byte) (int, error) {
 	if c.at != nil {
 		c.at.waitClient()
 	}
-	if c.ctl != nil {
-		_ = c.ctl.SetReadDeadline(time.Now().Add(c.timeout))
-	}
-	n, err := c.rc.Read(p)
+	n, err := c.readWithin(p)
 	c.read += int64(n)
 	switch {
 	case err == io.EOF:
 		if c.ctl != nil {
 			// The server now reads ahead for the next request; our
 			// deadline must not cut that read.
-			_ = c.ctl.SetReadDeadline(time.Time{})
+			c.clearDeadline()
 		}
 		for k, vv := range c.trailerIn {
 			if trailerPasses(k) {
@@ -151,6 +150,27 @@ func (c *clientBody) Read(p []byte) (int, error) {
 }
 
 func (c *clientBody) Close() error { return c.rc.Close() }
+
+// readWithin reads from rc within the read deadline. Through forward's
+// guardedBody the deadline is set only while the handler runs.
+func (c *clientBody) readWithin(p []byte) (int, error) {
+	switch {
+	case c.ctl == nil:
+		return c.rc.Read(p)
+	case c.guard != nil:
+		return c.guard.readWithin(p, c.ctl, c.timeout)
+	}
+	_ = c.ctl.SetReadDeadline(time.Now().Add(c.timeout))
+	return c.rc.Read(p)
+}
+
+func (c *clientBody) clearDeadline() {
+	if c.guard != nil {
+		c.guard.clearDeadline(c.ctl)
+		return
+	}
+	_ = c.ctl.SetReadDeadline(time.Time{})
+}
 
 // isTimeout reports whether err is a read deadline passing.
 func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
@@ -180,8 +200,10 @@ func (b *requestBody) release() {
 func (b *requestBody) attach(req *http.Request, at *attempt) {
 	switch {
 	case b.replay != nil && len(b.replay.buf) == 0 && b.trailer == nil:
-		// An empty chunked body: say so plainly.
+		// An empty chunked body: say so plainly. Its trailers all failed
+		// the filter, and req.Trailer is still the client's map.
 		req.Body, req.ContentLength, req.TransferEncoding = http.NoBody, 0, nil
+		req.Trailer = nil
 	case b.replay != nil:
 		req.Body = b.replay.open()
 		// GetBody lets the transport resend on a stale keep-alive
@@ -214,12 +236,16 @@ var replays = sync.Pool{New: func() any { return new(replay) }}
 type bufferBudget struct {
 	limit int64
 	used  atomic.Int64
+	peak  atomic.Int64 // the most used ever granted; tests hold it to limit
 }
 
 func (b *bufferBudget) take(n int64) bool {
-	if b.used.Add(n) > b.limit {
+	used := b.used.Add(n)
+	if used > b.limit {
 		b.used.Add(-n)
 		return false
+	}
+	for p := b.peak.Load(); used > p && !b.peak.CompareAndSwap(p, used); p = b.peak.Load() {
 	}
 	return true
 }
@@ -256,24 +282,31 @@ func (r *replay) release() {
 	}
 }
 
-// minBodyGrowth is the first allocation for a body, and the least step.
+// minBodyGrowth is the first allocation for a body of unknown length, and
+// the least step.
 const minBodyGrowth = 4 << 10
+
+// maxBodyStart bounds the first allocation for a body of declared length.
+const maxBodyStart = 64 << 10
 
 // fill reads the body: size bytes when known, else up to limit+1 so that
 // a body over the limit shows itself. The buffer grows as bytes arrive,
-// never ahead of them on the word of a Content-Length, and only as far as
-// the budget allows. complete reports that the whole body, at most limit
-// bytes, is in r.buf; otherwise r.buf holds its first part.
+// never more than 64 KiB ahead of them on the word of a Content-Length,
+// and only as far as the budget allows. complete reports that the whole
+// body, at most limit bytes, is in r.buf; otherwise r.buf holds its first
+// part.
 func (r *replay) fill(src io.Reader, size, limit int64) (complete bool, err error) {
-	want := limit + 1
+	want, step := limit+1, int64(minBodyGrowth)
 	if size >= 0 {
-		want = size
+		// A small declared body takes one buffer of its size, not a
+		// series of doublings from 4 KiB.
+		want, step = size, max(min(size, maxBodyStart), minBodyGrowth)
 	}
 	buf := r.buf[:0]
 	for int64(len(buf)) < want {
 		room := min(int64(cap(buf)), want)
 		if len(buf) == cap(buf) {
-			room = min(max(2*int64(cap(buf)), minBodyGrowth), want)
+			room = min(max(2*int64(cap(buf)), step), want)
 		}
 		if r.held < room {
 			if !r.budget.take(room - r.held) {
@@ -380,22 +413,34 @@ var errAnswerTooLarge = errors.New("pipeline: failed answer too large to hold")
 // holdAnswer reads a failed answer's body into memory and ends its
 // attempt, so the answer can be returned after later attempts. An answer
 // over maxHeldAnswer, or one whose body fails, is closed and an error
-// returned.
+// returned; res then keeps its status and headers with an empty body, so
+// it can still be the last answer (SPEC 3.5).
 func holdAnswer(res *http.Response) error {
 	if res.ContentLength > maxHeldAnswer {
 		_ = res.Body.Close()
+		dropBody(res)
 		return errAnswerTooLarge
 	}
 	buf, err := io.ReadAll(io.LimitReader(res.Body, maxHeldAnswer+1))
 	_ = res.Body.Close() // read to the end, failed, or dropped: nothing to report
-	if err != nil {
-		return err
+	if err == nil && len(buf) > maxHeldAnswer {
+		err = errAnswerTooLarge
 	}
-	if len(buf) > maxHeldAnswer {
-		return errAnswerTooLarge
+	if err != nil {
+		dropBody(res)
+		return err
 	}
 	res.Body = io.NopCloser(bytes.NewReader(buf))
 	return nil
+}
+
+// dropBody empties the body of an answer whose body was not kept. The
+// headers that describe that body would lie about the empty one.
+func dropBody(res *http.Response) {
+	res.Body, res.ContentLength, res.Trailer = http.NoBody, 0, nil
+	res.TransferEncoding = nil
+	delete(res.Header, "Content-Length")
+	delete(res.Header, "Content-Encoding")
 }
 
 // copyBuffers is the proxy's BufferPool: the stock proxy allocates a 32 KiB

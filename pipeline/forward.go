@@ -12,7 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"time"
 )
 
 // Deliberate differences from httputil.ReverseProxy, which forward
@@ -57,7 +57,7 @@ func (x *exchange) forward(w http.ResponseWriter, r *http.Request, upgrade bool)
 		// Reading the client's body after the handler returns is not
 		// allowed; the transport may try while it still writes a request
 		// whose answer came early.
-		defer body.closed.Store(true)
+		defer body.Close()
 	}
 	res, err := x.RoundTrip(out)
 	x.relay.end()
@@ -268,22 +268,49 @@ func (rl *relay1xx) end() {
 // a client still to send it (100-continue); the server closes it after the
 // handler. Once closed (by the transport, or when the handler is done),
 // reads fail, as with the stock proxy's body.
+//
+// The client connection's read deadline (clientBody) is set and cleared
+// under mu, and only while not closed: the transport may read after the
+// handler returned, when the connection may already serve the next
+// keep-alive request, whose reads a stale deadline would cut.
 type guardedBody struct {
 	rc     io.ReadCloser
-	closed atomic.Bool
+	mu     sync.Mutex
+	closed bool
 }
 
 var errBodyAfterHandler = errors.New("pipeline: request body read after its handler returned")
 
-func (b *guardedBody) Read(p []byte) (int, error) {
-	if b.closed.Load() {
+func (b *guardedBody) Read(p []byte) (int, error) { return b.readWithin(p, nil, 0) }
+
+// readWithin reads, first setting ctl's read deadline timeout from now
+// when ctl is not nil.
+func (b *guardedBody) readWithin(p []byte, ctl *http.ResponseController, timeout time.Duration) (int, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
 		return 0, errBodyAfterHandler
 	}
+	if ctl != nil {
+		_ = ctl.SetReadDeadline(time.Now().Add(timeout))
+	}
+	b.mu.Unlock()
 	return b.rc.Read(p)
 }
 
+// clearDeadline clears ctl's read deadline unless the handler is done.
+func (b *guardedBody) clearDeadline(ctl *http.ResponseController) {
+	b.mu.Lock()
+	if !b.closed {
+		_ = ctl.SetReadDeadline(time.Time{})
+	}
+	b.mu.Unlock()
+}
+
 func (b *guardedBody) Close() error {
-	b.closed.Store(true)
+	b.mu.Lock()
+	b.closed = true
+	b.mu.Unlock()
 	return nil
 }
 

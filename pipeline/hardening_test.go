@@ -446,6 +446,9 @@ func TestRetryBufferBudget(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "budget not given back: %d", h.p.retryBuffer.used.Load())
 		time.Sleep(5 * time.Millisecond) // polling a condition with a deadline
 	}
+	peak := h.p.retryBuffer.peak.Load()
+	assert.Positive(t, peak, "bodies were held")
+	assert.LessOrEqual(t, peak, h.p.retryBuffer.limit, "never more held at once than the budget")
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -62,7 +62,8 @@ type Options struct {
 	MaxRetryBodyBytes int64
 	// MaxRetryBufferBytes caps the request body bytes held in memory for
 	// retries across all requests in flight; past it, bodies stream
-	// without retry. 0 holds none. See load_balancer.max_retry_buffer_bytes.
+	// without retry. 0 means the default, 64 MiB; negative holds none.
+	// See load_balancer.max_retry_buffer_bytes.
 	MaxRetryBufferBytes int64
 	// Logger receives access lines (debug), retries and failures (warn).
 	// Nil discards.
@@ -72,7 +73,10 @@ type Options struct {
 	// Observer receives measurements for metrics; nil measures nothing.
 	Observer Observer
 	// Transport sends each attempt. Nil means a transport tuned for many
-	// keep-alive connections to few hosts, owned by the Pipeline.
+	// keep-alive connections to few hosts, owned by the Pipeline. Another
+	// transport cannot tell whether a failed attempt wrote anything, so
+	// every failure through it counts as sent: POST and PATCH without an
+	// Idempotency-Key are then never retried.
 	Transport http.RoundTripper
 	// DialTLSContext, for the Pipeline's own transport, connects to https
 	// backends and completes the TLS handshake (verifying the backend as
@@ -92,6 +96,7 @@ type Pipeline struct {
 	admitter    Admitter
 	backends    Backends
 	transport   http.RoundTripper
+	counting    bool // transport is newTransport's: its connections count bytes written
 	maxBody     int64
 	retryBuffer bufferBudget // bytes of bodies held for retries
 	logger      *slog.Logger
@@ -131,10 +136,14 @@ func New(opts Options) *Pipeline {
 		obs:         opts.Observer,
 	}
 	p.retryBuffer.limit = max(opts.MaxRetryBufferBytes, 0)
+	if opts.MaxRetryBufferBytes == 0 {
+		// Left out of an Options literal: retries stay on.
+		p.retryBuffer.limit = defaultRetryBuffer
+	}
 	p.admObs, _ = opts.Observer.(AdmissionObserver)
 	p.ids.init()
 	if p.transport == nil {
-		p.transport = newTransport(opts.DialTLSContext)
+		p.transport, p.counting = newTransport(opts.DialTLSContext), true
 	}
 	if p.logger == nil {
 		p.logger = slog.New(slog.DiscardHandler)
@@ -305,6 +314,9 @@ func containsID(ids []int, id int) bool {
 	}
 	return false
 }
+
+// defaultRetryBuffer is MaxRetryBufferBytes when left 0.
+const defaultRetryBuffer = 64 << 20
 
 // maxRetryBodyLimit caps MaxRetryBodyBytes, so a misconfiguration cannot
 // make one request buffer without bound.

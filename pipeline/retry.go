@@ -99,15 +99,11 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 
 	x.beginRequest()
 	var last lastFailure
-	for x.attempts < budget {
-		b, ok := x.p.pick(&x.route)
-		if !ok {
-			x.endAttempt() // a retry admitted by the budget that found no backend
-			if x.attempts == 0 {
-				return nil, messages.ErrNoBackend
-			}
-			break
-		}
+	b, ok := x.p.pick(&x.route)
+	if !ok {
+		return nil, messages.ErrNoBackend
+	}
+	for {
 		if x.attempts > 0 {
 			x.logRetry(&last, b)
 			if x.p.obs != nil {
@@ -124,7 +120,18 @@ func (x *exchange) RoundTrip(out *http.Request) (*http.Response, error) {
 		if o.fail.passive() {
 			x.p.backends.ReportFailure(out.Context(), b, o.err)
 		}
-		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail) && x.mayRetry()
+		retry := x.attempts < budget && shouldRetry(out.Method, hasKey, o.fail)
+		if retry {
+			// The next backend is chosen before the answer is settled:
+			// with none left, this answer is the last one and goes to the
+			// client as it is, whatever its size (SPEC 3.5).
+			b, retry = x.p.pick(&x.route)
+		}
+		if retry {
+			// The budget is asked only for a retry that can happen, so a
+			// refusal counted is a retry really refused.
+			retry = x.mayRetry()
+		}
 		if res, done, err := x.settle(out, &last, o, retry); done {
 			return res, err
 		}
@@ -164,11 +171,11 @@ func (x *exchange) settle(out *http.Request, last *lastFailure, o outcome, retry
 			return x.deliver(o.res), true, nil
 		}
 		// Held so that it can be returned if every attempt fails. One too
-		// large to hold is dropped: a retry is worth more than its body.
-		if o.err = holdAnswer(o.res); o.err == nil {
-			closeAnswer(last.answer)
-			last.answer, last.from = o.res, x.last
-		}
+		// large to hold keeps its status and headers only: a retry is
+		// worth more than its body, but it is still the latest answer.
+		o.err = holdAnswer(o.res)
+		closeAnswer(last.answer)
+		last.answer, last.from = o.res, x.last
 	}
 	last.backend, last.status, last.err, last.fail = x.backend, 0, o.err, o.fail
 	if o.res != nil {
@@ -238,6 +245,12 @@ func (x *exchange) try(out *http.Request, b messages.Backend, body *requestBody,
 // sent comes from the connection, not the error.
 func (x *exchange) classify(client context.Context, at *attempt) failure {
 	f := failure{kind: failConn, sent: x.wire.wrote(), connected: x.wire.connected}
+	if !x.p.counting {
+		// A foreign transport may never report its connection (GotConn),
+		// so it may have written the request: assume it did, and that it
+		// connected, so a timeout does not mark the backend down either.
+		f.sent, f.connected = true, true
+	}
 	switch {
 	case client.Err() != nil:
 		return failure{kind: failCanceled, sent: true}

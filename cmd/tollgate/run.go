@@ -227,7 +227,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			MaxRetries:          lb.MaxRetries,
 			RequestTimeout:      lb.RequestTimeout,
 			MaxRetryBodyBytes:   lb.MaxRetryBodyBytes,
-			MaxRetryBufferBytes: lb.MaxRetryBufferBytes,
+			MaxRetryBufferBytes: retryBufferBytes(lb.MaxRetryBufferBytes),
 			Logger:              log,
 			AccessLog:           cfg.AccessLog,
 			Observer:            observers{Metrics: m, traffic: counters, registry: registry},
@@ -259,6 +259,16 @@ type server struct {
 	name string
 	ln   net.Listener
 	srv  *http.Server
+}
+
+// retryBufferBytes is load_balancer.max_retry_buffer_bytes as
+// pipeline.Options takes it: in the config 0 holds no body, in Options 0
+// is the default and a negative value holds none.
+func retryBufferBytes(v int64) int64 {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 func listen(cfg *config.Config, opts options, a *app, log *slog.Logger) ([]*server, error) {
