@@ -2,6 +2,7 @@ package traffic
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -29,7 +30,10 @@ func BenchmarkObserve(b *testing.B) {
 			c := New(nil)
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
-				i := 0
+				// Each goroutine starts at its own client, as concurrent
+				// requests come from different clients; in lockstep they
+				// would meet on the same client every time.
+				i := rand.IntN(len(ids))
 				for pb.Next() {
 					c.ObserveRequest(200)
 					c.ObserveAdmission(ids[i%len(ids)], i%8 != 0)

@@ -188,37 +188,53 @@ func (s *sketch) add(id string) {
 }
 
 // up and down restore the heap order around i, keeping index current.
+// They move a hole rather than swap, so each level costs one index write
+// (map writes are most of a sketch update's cost) and an entry that stays
+// put costs none.
 func (s *sketch) up(i int) {
+	e, start := s.heap[i], i
 	for i > 0 {
 		parent := (i - 1) / 2
-		if s.heap[parent].count <= s.heap[i].count {
-			return
+		if s.heap[parent].count <= e.count {
+			break
 		}
-		s.swap(i, parent)
+		s.move(parent, i)
 		i = parent
 	}
+	s.place(e, i, start)
 }
 
 func (s *sketch) down(i int) {
+	e, start := s.heap[i], i
 	for {
-		least := i
-		for _, c := range []int{2*i + 1, 2*i + 2} {
-			if c < len(s.heap) && s.heap[c].count < s.heap[least].count {
-				least = c
-			}
+		c := 2*i + 1
+		if c >= len(s.heap) {
+			break
 		}
-		if least == i {
-			return
+		if c+1 < len(s.heap) && s.heap[c+1].count < s.heap[c].count {
+			c++
 		}
-		s.swap(i, least)
-		i = least
+		if s.heap[c].count >= e.count {
+			break
+		}
+		s.move(c, i)
+		i = c
 	}
+	s.place(e, i, start)
 }
 
-func (s *sketch) swap(i, j int) {
-	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
-	s.index[s.heap[i].id] = i
-	s.index[s.heap[j].id] = j
+// move puts the entry at from into to.
+func (s *sketch) move(from, to int) {
+	s.heap[to] = s.heap[from]
+	s.index[s.heap[to].id] = to
+}
+
+// place puts e at i; its index entry already says start.
+func (s *sketch) place(e sketchEntry, i, start int) {
+	s.heap[i] = e
+	if i != start {
+		s.index[e.id] = i
+	}
 }
 
 // floor is the most a client absent from the sketch can have had: the

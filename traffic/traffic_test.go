@@ -249,3 +249,22 @@ func TestTopSpreadsClientsOverShards(t *testing.T) {
 		assert.Zero(t, r.Error, "few clients per shard: exact")
 	}
 }
+
+// TestSketchKeepsHeapAndIndex: after any mix of increments and evictions
+// the entries form a min-heap by count and index says where each is.
+func TestSketchKeepsHeapAndIndex(t *testing.T) {
+	var s sketch
+	for i := range 50 * sketchSize {
+		s.add(fmt.Sprintf("c%d", (i*7919)%(3*sketchSize)))
+		if i%97 != 0 {
+			continue
+		}
+		require.Len(t, s.index, len(s.heap))
+		for j, e := range s.heap {
+			require.Equal(t, j, s.index[e.id], e.id)
+			if j > 0 {
+				require.LessOrEqual(t, s.heap[(j-1)/2].count, e.count)
+			}
+		}
+	}
+}
