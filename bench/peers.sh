@@ -119,9 +119,10 @@ trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 ready() { # NAME PORT PATH: wait up to 60 s for a 200
-	local i
-	for ((i = 0; i < 300; i++)); do
-		[[ $(curl -s -o /dev/null -w '%{http_code}' "${hdr[@]}" "http://127.0.0.1:$2$3" || true) == 200 ]] && return 0
+	# --max-time: a port that accepts but never answers must not hang us.
+	local deadline=$((SECONDS + 60))
+	while ((SECONDS < deadline)); do
+		[[ $(curl -s --max-time 2 -o /dev/null -w '%{http_code}' "${hdr[@]}" "http://127.0.0.1:$2$3" || true) == 200 ]] && return 0
 		alive "${group[$1]}" || fail "$1 exited; see $OUTDIR/logs/$1.log"
 		sleep 0.2
 	done
@@ -180,10 +181,10 @@ quiet() { # wait up to 60 s for the machine to calm down
 # balance TARGET: one second of load, then how it split between backends.
 balance() {
 	local a b
-	curl -s "http://127.0.0.1:18081/_count?reset=1" >/dev/null
-	curl -s "http://127.0.0.1:18082/_count?reset=1" >/dev/null
+	curl -s --max-time 2 "http://127.0.0.1:18081/_count?reset=1" >/dev/null
+	curl -s --max-time 2 "http://127.0.0.1:18082/_count?reset=1" >/dev/null
 	"${load_pin[@]}" wrk -t1 -c8 -d1s "${hdr[@]}" "http://127.0.0.1:${port[$1]}/" >/dev/null
-	a=$(curl -s http://127.0.0.1:18081/_count) b=$(curl -s http://127.0.0.1:18082/_count)
+	a=$(curl -s --max-time 2 http://127.0.0.1:18081/_count) b=$(curl -s --max-time 2 http://127.0.0.1:18082/_count)
 	printf -- '- %s: backend 1 served %s, backend 2 %s\n' "$1" "$a" "$b" >>"$OUTDIR/balance.md"
 	((a + b > 0 && a * 100 / (a + b) >= 40 && a * 100 / (a + b) <= 60)) || say "  warning: $1 splits unevenly ($a / $b)"
 }

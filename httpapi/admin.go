@@ -143,6 +143,9 @@ func (a *admin) router() *httprouter.Router {
 	r.RedirectFixedPath = false
 	r.RedirectTrailingSlash = false
 	r.HandleMethodNotAllowed = true
+	// SPEC 4 has no OPTIONS: it gets the 405 with Allow of every other
+	// method a path lacks, not httprouter's bodiless 200.
+	r.HandleOPTIONS = false
 	r.NotFound = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		a.writeError(w, req, &requestError{kind: errRouteNotFound, msg: "not found"})
 	})

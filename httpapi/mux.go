@@ -4,16 +4,15 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"strings"
+
+	"github.com/tollgate/tollgate/httpapi/openapi"
 )
 
 // NewMain returns the main port's handler when the admin API shares it
 // (admin_port 0): admin paths go to admin, every other path to forward.
-// The split is a few string comparisons, so proxied requests pay no router
-// work. Admin paths are exactly /clients, /backends, /healthz, /readyz,
-// /metrics, /openapi.json, /ui and everything under /clients/, /stats/ and
-// /ui/ (SPEC 11); anything else, / and /backends/x or /Clients included,
-// is forwarded. With admin_port set, the main port
-// serves forward alone and this is not used.
+// The split is a few string comparisons (openapi.IsAdminPath), so proxied
+// requests pay no router work. With admin_port set, the main port serves
+// forward alone and this is not used.
 //
 // extraPrefixes are further path prefixes the admin API owns, such as
 // PprofPrefix when profiling is on.
@@ -28,14 +27,9 @@ func NewMain(admin, forward http.Handler, extraPrefixes ...string) http.Handler 
 }
 
 // isAdminPath reports whether the admin API owns path on a shared port.
-func isAdminPath(path string) bool {
-	switch path {
-	case "/clients", "/backends", "/healthz", "/readyz", "/metrics", "/openapi.json", "/ui":
-		return true
-	}
-	return strings.HasPrefix(path, "/clients/") || strings.HasPrefix(path, "/stats/") ||
-		strings.HasPrefix(path, UIPrefix)
-}
+// The rule lives beside the description, where the openapitest checker
+// reads it too.
+func isAdminPath(path string) bool { return openapi.IsAdminPath(path) }
 
 func hasAnyPrefix(path string, prefixes []string) bool {
 	for _, p := range prefixes {

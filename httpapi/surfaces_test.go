@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -200,4 +201,15 @@ func TestOpenAPIServed(t *testing.T) {
 		"/backends", "/healthz", "/readyz", "/metrics", "/stats/traffic", "/stats/top-clients", "/openapi.json", "/ui/"} {
 		assert.Contains(t, doc.Paths, p)
 	}
+}
+
+// TestSignInKeyIsNotSaved: the admin key field is not a password the
+// browser offers to store (SPEC 11: the key stays in sessionStorage).
+func TestSignInKeyIsNotSaved(t *testing.T) {
+	page := newTestAdmin(t, false).do(http.MethodGet, "/ui/", "").Body.String()
+	field := regexp.MustCompile(`<input id="admin-key"[^>]*>`).FindString(page)
+	require.NotEmpty(t, field)
+	assert.Contains(t, field, `autocomplete="off"`)
+	assert.Contains(t, field, `autocapitalize="off"`)
+	assert.NotContains(t, field, "current-password")
 }

@@ -19,7 +19,7 @@ const (
 	sketchSize = 64
 )
 
-// topClients is the windowed view; Counters.mu guards it.
+// topClients is one shard's windowed view; its shard's mu guards it.
 type topClients struct {
 	buckets [numBuckets]bucket
 }
@@ -33,8 +33,6 @@ type bucket struct {
 func (t *topClients) init() {
 	for i := range t.buckets {
 		t.buckets[i].n = -1
-		t.buckets[i].admitted.init()
-		t.buckets[i].refused.init()
 	}
 }
 
@@ -55,47 +53,87 @@ func (t *topClients) add(now time.Time, clientID string, allowed bool) {
 	}
 }
 
-// top merges the live buckets' sketches and returns the n largest.
-func (t *topClients) top(now time.Time, n int, admitted bool) []messages.TopClient {
+// topSnapshot is a copy of one shard's live buckets, taken under its
+// lock and merged after it. Its buffers are reused from shard to shard.
+type topSnapshot struct {
+	admitted, refused sketchCopy
+}
+
+// sketchCopy holds the entries of several buckets' sketches of one kind
+// back to back; ends[i] is where bucket i's end, floors[i] its floor.
+type sketchCopy struct {
+	entries []sketchEntry
+	ends    []int
+	floors  []uint64
+}
+
+func (c *sketchCopy) reset() {
+	c.entries, c.ends, c.floors = c.entries[:0], c.ends[:0], c.floors[:0]
+}
+
+func (c *sketchCopy) add(s *sketch) {
+	c.entries = append(c.entries, s.heap...)
+	c.ends = append(c.ends, len(c.entries))
+	c.floors = append(c.floors, s.floor())
+}
+
+// copyFrom copies t's buckets of the last Window and the one being filled.
+func (snap *topSnapshot) copyFrom(t *topClients, now time.Time) {
+	snap.admitted.reset()
+	snap.refused.reset()
 	cur := bucketOf(now)
-	merged := map[string]*messages.TopClient{}
-	// missing is what a client first seen in this bucket may have had in
-	// the earlier ones, where full sketches did not keep it.
-	var missing uint64
 	for i := range t.buckets {
 		b := &t.buckets[i]
 		if b.n < 0 || b.n <= cur-int64(numBuckets) || b.n > cur {
 			continue
 		}
-		s := &b.refused
-		if admitted {
-			s = &b.admitted
-		}
-		floor := s.floor()
-		for _, e := range s.heap {
+		snap.admitted.add(&b.admitted)
+		snap.refused.add(&b.refused)
+	}
+}
+
+// mergeInto sums each client's counts over the copied buckets and appends
+// one TopClient per client to out. A client's error is what its entries
+// may overcount, plus, for each bucket it is absent from, that bucket's
+// floor: what a full sketch may have dropped of it there.
+func (c *sketchCopy) mergeInto(out []messages.TopClient) []messages.TopClient {
+	type sum struct {
+		messages.TopClient
+		presentFloors uint64
+	}
+	var allFloors uint64
+	merged := map[string]*sum{}
+	start := 0
+	for i, end := range c.ends {
+		allFloors += c.floors[i]
+		for _, e := range c.entries[start:end] {
 			m := merged[e.id]
 			if m == nil {
-				m = &messages.TopClient{ClientID: e.id, Error: missing}
+				m = &sum{TopClient: messages.TopClient{ClientID: e.id}}
 				merged[e.id] = m
 			}
 			m.Count += e.count
 			m.Error += e.err
+			m.presentFloors += c.floors[i]
 		}
-		for id, m := range merged {
-			if _, ok := s.index[id]; !ok {
-				m.Error += floor
-			}
-		}
-		missing += floor
+		start = end
 	}
-	out := make([]messages.TopClient, 0, len(merged))
 	for _, m := range merged {
-		out = append(out, *m)
+		m.Error += allFloors - m.presentFloors
+		out = append(out, m.TopClient)
 	}
-	slices.SortFunc(out, func(a, b messages.TopClient) int {
+	return out
+}
+
+// largest sorts clients by count, largest first, and keeps n of them.
+func largest(clients []messages.TopClient, n int) []messages.TopClient {
+	slices.SortFunc(clients, func(a, b messages.TopClient) int {
 		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.ClientID, b.ClientID))
 	})
-	return out[:min(n, len(out))]
+	if clients == nil {
+		clients = []messages.TopClient{}
+	}
+	return clients[:min(n, len(clients))]
 }
 
 // sketch is a space-saving counter (Metwally, Agrawal, El Abbadi 2005):
@@ -125,7 +163,12 @@ func (s *sketch) reset() {
 	clear(s.index)
 }
 
+// add counts one request of id. A sketch's memory is taken on its first
+// request, so shards and buckets nobody uses cost nothing.
 func (s *sketch) add(id string) {
+	if s.index == nil {
+		s.init()
+	}
 	if i, ok := s.index[id]; ok {
 		s.heap[i].count++
 		s.down(i)
@@ -145,37 +188,53 @@ func (s *sketch) add(id string) {
 }
 
 // up and down restore the heap order around i, keeping index current.
+// They move a hole rather than swap, so each level costs one index write
+// (map writes are most of a sketch update's cost) and an entry that stays
+// put costs none.
 func (s *sketch) up(i int) {
+	e, start := s.heap[i], i
 	for i > 0 {
 		parent := (i - 1) / 2
-		if s.heap[parent].count <= s.heap[i].count {
-			return
+		if s.heap[parent].count <= e.count {
+			break
 		}
-		s.swap(i, parent)
+		s.move(parent, i)
 		i = parent
 	}
+	s.place(e, i, start)
 }
 
 func (s *sketch) down(i int) {
+	e, start := s.heap[i], i
 	for {
-		least := i
-		for _, c := range []int{2*i + 1, 2*i + 2} {
-			if c < len(s.heap) && s.heap[c].count < s.heap[least].count {
-				least = c
-			}
+		c := 2*i + 1
+		if c >= len(s.heap) {
+			break
 		}
-		if least == i {
-			return
+		if c+1 < len(s.heap) && s.heap[c+1].count < s.heap[c].count {
+			c++
 		}
-		s.swap(i, least)
-		i = least
+		if s.heap[c].count >= e.count {
+			break
+		}
+		s.move(c, i)
+		i = c
 	}
+	s.place(e, i, start)
 }
 
-func (s *sketch) swap(i, j int) {
-	s.heap[i], s.heap[j] = s.heap[j], s.heap[i]
-	s.index[s.heap[i].id] = i
-	s.index[s.heap[j].id] = j
+// move puts the entry at from into to.
+func (s *sketch) move(from, to int) {
+	s.heap[to] = s.heap[from]
+	s.index[s.heap[to].id] = to
+}
+
+// place puts e at i; its index entry already says start.
+func (s *sketch) place(e sketchEntry, i, start int) {
+	s.heap[i] = e
+	if i != start {
+		s.index[e.id] = i
+	}
 }
 
 // floor is the most a client absent from the sketch can have had: the

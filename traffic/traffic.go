@@ -12,6 +12,9 @@
 package traffic
 
 import (
+	"hash/maphash"
+	"math/bits"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,7 +38,7 @@ const (
 	class3xx
 	class4xx
 	class5xx
-	status429 // also counted in Class4xx
+	status429 // the limiter's refusals; their answers count in class4xx too
 	numSeries
 )
 
@@ -49,8 +52,31 @@ type Counters struct {
 	ring    [windowSeconds + 1]slot
 	resetMu sync.Mutex // serializes reusing a slot for a new second
 
+	// shards split the top lists by a hash of the client id, each under
+	// its own lock, so concurrent requests of different clients seldom
+	// wait on each other. A client lives in one shard only, so its counts
+	// and errors come whole from there.
+	seed   maphash.Seed
+	shards []shard
+	mask   uint64 // len(shards)-1, a power of two
+}
+
+// shard is one lock's share of the top lists.
+type shard struct {
 	mu  sync.Mutex // guards top
 	top topClients
+	_   [64]byte // keeps the next shard's lock off this cache line
+}
+
+// maxShards bounds the shards' memory on machines with many cores.
+const maxShards = 64
+
+// shardCount is the power of two at least 4×GOMAXPROCS, capped at
+// maxShards: with four times more locks than running goroutines, two
+// requests seldom meet on one.
+func shardCount() int {
+	n := min(4*runtime.GOMAXPROCS(0), maxShards)
+	return 1 << bits.Len(uint(n-1))
 }
 
 // slot counts one second. sec says which: a slot whose sec is not the
@@ -65,16 +91,21 @@ func New(now func() time.Time) *Counters {
 	if now == nil {
 		now = time.Now
 	}
-	c := &Counters{now: now}
+	n := shardCount()
+	c := &Counters{now: now, seed: maphash.MakeSeed(), shards: make([]shard, n), mask: uint64(n - 1)}
 	for i := range c.ring {
 		c.ring[i].sec.Store(-1)
 	}
-	c.top.init()
+	for i := range c.shards {
+		c.shards[i].top.init()
+	}
 	return c
 }
 
 // ObserveRequest counts one answered request by the status the client
-// got. It is lock-free except once per second, when a slot is reused.
+// got. It is lock-free except once per second, when a slot is reused. A
+// 429 counts as a 4xx here; the 429 series counts the limiter's refusals,
+// from ObserveAdmission, so a backend's own 429 is not taken for one.
 func (c *Counters) ObserveRequest(status int) {
 	class := status / 100
 	if class < 1 || class > 5 {
@@ -83,9 +114,6 @@ func (c *Counters) ObserveRequest(status int) {
 	s := c.slotFor(c.now().Unix())
 	s.counts[total].Add(1)
 	s.counts[class1xx+series(class-1)].Add(1)
-	if status == 429 {
-		s.counts[status429].Add(1)
-	}
 }
 
 // slotFor returns the slot of second sec, emptied if it held an older
@@ -134,19 +162,38 @@ func (c *Counters) Rates() messages.TrafficRates {
 	}
 }
 
-// ObserveAdmission counts one admission decision for clientID.
+// ObserveAdmission counts one admission decision for clientID: in its
+// shard's top lists and, for a refusal, in the 429 series. It takes the
+// client's shard lock alone.
 func (c *Counters) ObserveAdmission(clientID string, allowed bool) {
 	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.top.add(now, clientID, allowed)
+	if !allowed {
+		c.slotFor(now.Unix()).counts[status429].Add(1)
+	}
+	sh := c.shardOf(clientID)
+	sh.mu.Lock()
+	sh.top.add(now, clientID, allowed)
+	sh.mu.Unlock()
+}
+
+func (c *Counters) shardOf(clientID string) *shard {
+	return &c.shards[maphash.String(c.seed, clientID)&c.mask]
 }
 
 // Top returns up to n clients with the most admitted and the most refused
 // requests over the last Window (up to one bucket more), largest first.
+// It copies one shard at a time under its lock and merges outside it, so
+// it holds up admissions of one shard for the length of a copy.
 func (c *Counters) Top(n int) (admitted, refused []messages.TopClient) {
 	now := c.now()
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.top.top(now, n, true), c.top.top(now, n, false)
+	var snap topSnapshot
+	for i := range c.shards {
+		sh := &c.shards[i]
+		sh.mu.Lock()
+		snap.copyFrom(&sh.top, now)
+		sh.mu.Unlock()
+		admitted = snap.admitted.mergeInto(admitted)
+		refused = snap.refused.mergeInto(refused)
+	}
+	return largest(admitted, n), largest(refused, n)
 }

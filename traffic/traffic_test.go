@@ -2,6 +2,8 @@ package traffic
 
 import (
 	"fmt"
+
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -56,6 +58,8 @@ func TestRatesCountBySecondAndClass(t *testing.T) {
 	for _, st := range []int{200, 204, 301, 404, 429, 429, 502, 101, 0, 999} {
 		c.ObserveRequest(st)
 	}
+	c.ObserveAdmission("refused", false)
+	c.ObserveAdmission("refused", false)
 	clk.advance(time.Second)
 	c.ObserveRequest(200) // the second being counted is not shown yet
 
@@ -72,7 +76,7 @@ func TestRatesCountBySecondAndClass(t *testing.T) {
 		{"3xx", class3xx, 1},
 		{"4xx includes 429", class4xx, 3},
 		{"5xx", class5xx, 1},
-		{"429", status429, 2},
+		{"429: the limiter's refusals", status429, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -153,9 +157,11 @@ func TestTopKeepsHeavyHittersInBoundedMemory(t *testing.T) {
 			c.ObserveAdmission("heavy", true)
 		}
 	}
-	for _, b := range c.top.buckets {
-		assert.LessOrEqual(t, len(b.admitted.heap), sketchSize)
-		assert.Len(t, b.admitted.index, len(b.admitted.heap))
+	for i := range c.shards {
+		for _, b := range c.shards[i].top.buckets {
+			assert.LessOrEqual(t, len(b.admitted.heap), sketchSize)
+			assert.Len(t, b.admitted.index, len(b.admitted.heap))
+		}
 	}
 	admitted, _ := c.Top(1)
 	require.Len(t, admitted, 1)
@@ -196,4 +202,69 @@ func TestConcurrentUse(t *testing.T) {
 		total += v
 	}
 	assert.Equal(t, uint64(writers*perWriter), total)
+}
+
+// TestStatus429CountsLimiterRefusals: the 429 series answers "who is
+// being throttled", so it counts the limiter's refusals and not a 429 a
+// backend answered, which only 4xx counts.
+func TestStatus429CountsLimiterRefusals(t *testing.T) {
+	clk := newClock()
+	c := New(clk.now)
+	c.ObserveAdmission("throttled", false)
+	c.ObserveRequest(429) // the refusal's answer
+	c.ObserveAdmission("passed", true)
+	c.ObserveRequest(429) // a backend's own 429, passed through
+	clk.advance(time.Second)
+
+	r := c.Rates()
+	assert.Equal(t, uint64(1), last(r, status429, 0), "only the limiter's refusal")
+	assert.Equal(t, uint64(2), last(r, class4xx, 0), "both answers were 4xx")
+}
+
+// TestTopSpreadsClientsOverShards: admissions of different clients take
+// different locks, so request goroutines do not queue on one mutex, and
+// Top still sees every shard.
+func TestTopSpreadsClientsOverShards(t *testing.T) {
+	clk := newClock()
+	c := New(clk.now)
+	require.GreaterOrEqual(t, len(c.shards), runtime.GOMAXPROCS(0))
+	used := map[*shard]bool{}
+	throttled := 0
+	for i := range 10 * len(c.shards) {
+		id := fmt.Sprintf("c%d", i)
+		c.ObserveAdmission(id, true)
+		for range i % 3 {
+			c.ObserveAdmission(id, false)
+		}
+		if i%3 != 0 {
+			throttled++
+		}
+		used[c.shardOf(id)] = true
+	}
+	assert.Greater(t, len(used), 1)
+	admitted, refused := c.Top(1000)
+	assert.Len(t, admitted, 10*len(c.shards))
+	assert.Len(t, refused, throttled)
+	for _, r := range refused {
+		assert.Zero(t, r.Error, "few clients per shard: exact")
+	}
+}
+
+// TestSketchKeepsHeapAndIndex: after any mix of increments and evictions
+// the entries form a min-heap by count and index says where each is.
+func TestSketchKeepsHeapAndIndex(t *testing.T) {
+	var s sketch
+	for i := range 50 * sketchSize {
+		s.add(fmt.Sprintf("c%d", (i*7919)%(3*sketchSize)))
+		if i%97 != 0 {
+			continue
+		}
+		require.Len(t, s.index, len(s.heap))
+		for j, e := range s.heap {
+			require.Equal(t, j, s.index[e.id], e.id)
+			if j > 0 {
+				require.LessOrEqual(t, s.heap[(j-1)/2].count, e.count)
+			}
+		}
+	}
 }

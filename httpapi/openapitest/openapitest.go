@@ -11,9 +11,13 @@
 //     that answer must match too): the code must not accept what the
 //     description refuses;
 //   - a status the description does not list for the operation fails;
+//   - a request the description calls valid must not get a 400, unless
+//     its message is one of the semanticErrors the description cannot
+//     express (a client_id in the body that differs from the path's);
 //   - a path or method no operation has must answer 404 or 405 with the
-//     Error body (Handler only: through Transport such paths are forwarded
-//     traffic and pass unchecked).
+//     Error body. Handler checks every path; SharedHandler and Transport
+//     check the admin paths of a shared port (openapi.IsAdminPath, the
+//     rule httpapi routes by), and let the rest pass as forwarded traffic.
 //
 // It starts no goroutines; it is safe for concurrent use.
 package openapitest
@@ -88,15 +92,22 @@ func Load(t testing.TB) *openapi3.T {
 	return d.doc
 }
 
-// isDescribed reports whether Transport checks r: a path of the admin API
-// other than /, which on a shared port is forwarded.
-func isDescribed(r *http.Request) bool {
-	d, err := loaded()
-	if err != nil || r.URL.Path == "/" {
-		return err != nil // a load failure is reported by check
-	}
-	_, _, err = d.router.FindRoute(r)
-	return err == nil || errors.Is(err, routers.ErrMethodNotAllowed)
+// isAdmin reports whether Transport and SharedHandler check r: a path
+// the admin API owns on a shared port, whether described or not, so an
+// admin path the description lacks fails instead of passing as forwarded
+// traffic. GET / is forwarded on a shared port and left to Handler.
+func isAdmin(r *http.Request) bool { return openapi.IsAdminPath(r.URL.Path) }
+
+// semanticErrors are the messages of 400s that a request valid by the
+// description may get, because the rule it breaks spans values a schema
+// cannot relate or bytes a schema never sees. Any other 400 to a valid
+// request is drift: the code refuses what the description allows.
+var semanticErrors = []string{
+	"in the body does not match",            // PATCH /clients/{id}: body and path name different clients
+	"appears twice",                         // a JSON field given twice: decoders keep one silently
+	"is not valid UTF-8",                    // JSON Schema sees decoded strings
+	"malformed query string",                // a query the router decodes leniently
+	"unexpected data after the JSON object", // kin-openapi's decoder stops after the first value
 }
 
 // exchange is one request and its answer, bodies read.
@@ -108,9 +119,8 @@ type exchange struct {
 	body    []byte
 }
 
-// check returns what is wrong with x, or nil. strict makes an unknown path
-// an error unless it answered 404.
-func check(x exchange, strict bool) error {
+// check returns what is wrong with x, or nil.
+func check(x exchange) error {
 	for _, p := range unchecked {
 		if strings.HasPrefix(x.req.URL.Path, p) {
 			return nil
@@ -127,8 +137,6 @@ func check(x exchange, strict bool) error {
 			return fmt.Errorf("%s is not described: want 405 with Allow, got %d", x.req.Method, x.status)
 		}
 		return d.checkError(x)
-	case err != nil && !strict:
-		return nil // not an admin path: forwarded traffic
 	case err != nil:
 		// Admin authentication answers before routing, so 401 and 403
 		// are as right as 404 here.
@@ -152,6 +160,10 @@ func check(x exchange, strict bool) error {
 	if reqErr != nil && (x.status < 400 || x.status >= 500) {
 		return fmt.Errorf("the description calls the request invalid, yet it got %d: %w", x.status, reqErr)
 	}
+	if reqErr == nil && x.status == http.StatusBadRequest && !isSemantic(x.body) {
+		return errors.New("the description calls the request valid, yet it got 400 (add the rule to the description, " +
+			"or the message to semanticErrors if no schema can say it)")
+	}
 	out := &openapi3filter.ResponseValidationInput{
 		RequestValidationInput: in,
 		Status:                 x.status,
@@ -163,6 +175,23 @@ func check(x exchange, strict bool) error {
 		return fmt.Errorf("answer %d does not match the description: %w", x.status, err)
 	}
 	return nil
+}
+
+// isSemantic reports whether an error body's message is one of
+// semanticErrors.
+func isSemantic(body []byte) bool {
+	var e struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return false
+	}
+	for _, m := range semanticErrors {
+		if strings.Contains(e.Message, m) {
+			return true
+		}
+	}
+	return false
 }
 
 // checkError checks an answer outside every operation against the Error
@@ -214,8 +243,9 @@ func Handler(t testing.TB, h http.Handler) http.Handler {
 }
 
 // SharedHandler is Handler for a main port that also serves the admin API
-// (admin_port 0): requests to admin paths are checked, every other path
-// (and /) is forwarded traffic and passes unchecked.
+// (admin_port 0): requests to admin paths (openapi.IsAdminPath) are
+// checked, described or not; every other path (and /) is forwarded
+// traffic and passes unchecked.
 func SharedHandler(t testing.TB, h http.Handler) http.Handler {
 	t.Helper()
 	return handler(t, h, false)
@@ -225,7 +255,7 @@ func handler(t testing.TB, h http.Handler, strict bool) http.Handler {
 	t.Helper()
 	Load(t)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !strict && !isDescribed(r) {
+		if !strict && !isAdmin(r) {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -239,7 +269,7 @@ func handler(t testing.TB, h http.Handler, strict bool) http.Handler {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(&teeWriter{ResponseWriter: w, rec: rec}, r)
 		x := exchange{req: r, reqBody: reqBody, status: rec.Code, header: rec.Header(), body: rec.Body.Bytes()}
-		if err := check(x, strict); err != nil {
+		if err := check(x); err != nil {
 			report(t, x, err)
 		}
 	})
@@ -278,9 +308,10 @@ func copyHeader(dst, src http.Header) {
 }
 
 // Transport returns base (http.DefaultTransport when nil) with every
-// request to a described path, and its answer, checked against the
-// description. Other paths pass unchecked: on a shared port they are
-// forwarded traffic. GET / is forwarded traffic too when admin_port is 0,
+// request to an admin path (openapi.IsAdminPath), and its answer, checked
+// against the description; an admin path the description lacks must
+// answer 404 (or 401/403). Other paths pass unchecked: on a shared port
+// they are forwarded traffic. GET / is forwarded traffic too when admin_port is 0,
 // so it is left to the handler tests. Answers of checked requests are read
 // whole before they are returned.
 func Transport(t testing.TB, base http.RoundTripper) http.RoundTripper {
@@ -298,7 +329,7 @@ type roundTripper struct {
 }
 
 func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
-	if !isDescribed(r) {
+	if !isAdmin(r) {
 		// Forwarded traffic passes untouched, its answer still streaming.
 		return rt.base.RoundTrip(r)
 	}
@@ -322,7 +353,7 @@ func (rt roundTripper) RoundTrip(r *http.Request) (*http.Response, error) {
 		return resp, nil // the caller's read sees the short body; nothing to check
 	}
 	x := exchange{req: r, reqBody: reqBody, status: resp.StatusCode, header: resp.Header, body: body}
-	if err := check(x, false); err != nil {
+	if err := check(x); err != nil {
 		report(rt.t, x, err)
 	}
 	return resp, nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/tollgate/tollgate/httpapi/openapi"
 	"go.uber.org/goleak"
 )
 
@@ -49,6 +50,14 @@ func answering(status int, body string) http.Handler {
 	})
 }
 
+// withLocation sets a Location header before h answers.
+func withLocation(loc string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Location", loc)
+		h.ServeHTTP(w, r)
+	})
+}
+
 func TestDescriptionIsValidOpenAPI31(t *testing.T) {
 	doc := Load(t)
 	assert.True(t, doc.IsOpenAPI31OrLater())
@@ -82,6 +91,15 @@ func TestHandlerCatchesWhatDrifts(t *testing.T) {
 			handler: answering(201, goodClient), wantProblem: "calls the request invalid"},
 		{name: "invalid request refused", method: "POST", path: "/clients", body: `{"client_id":"a","extra":1}`,
 			handler: answering(400, `{"code":400,"message":"unknown field \"extra\""}`)},
+		{name: "201 without Location", method: "POST", path: "/clients", body: `{"client_id":"a"}`,
+			handler: answering(201, goodClient), wantProblem: `response header "Location" missing`},
+		{name: "201 with Location", method: "POST", path: "/clients", body: `{"client_id":"a"}`,
+			handler: withLocation("/clients/a", answering(201, goodClient))},
+		{name: "valid request refused with 400", method: "GET", path: "/clients/a",
+			handler:     answering(400, `{"code":400,"message":"client_id: no"}`),
+			wantProblem: "calls the request valid, yet it got 400"},
+		{name: "semantic 400 to a valid request", method: "PATCH", path: "/clients/a", body: `{"client_id":"b","capacity":5}`,
+			handler: answering(400, `{"code":400,"message":"client_id: \"b\" in the body does not match \"a\" in the path"}`)},
 		{name: "undescribed path answering 200", method: "GET", path: "/nowhere",
 			handler: answering(200, `{}`), wantProblem: "path not described"},
 		{name: "undescribed path answering 404", method: "GET", path: "/nowhere",
@@ -115,6 +133,46 @@ func TestHandlerCatchesWhatDrifts(t *testing.T) {
 	}
 }
 
+// TestDescribedPathsAreAdminPaths: on a shared port httpapi routes by
+// openapi.IsAdminPath; a described path it does not own would be
+// forwarded, and one it owns but the description lacks goes unchecked
+// unless the checkers use the same rule.
+func TestDescribedPathsAreAdminPaths(t *testing.T) {
+	doc := Load(t)
+	for path := range doc.Paths.Map() {
+		if path == "/" {
+			continue // the admin port's front page; forwarded on a shared port
+		}
+		concrete := strings.NewReplacer("{client_id}", "a", "{file}", "app.js").Replace(path)
+		assert.True(t, openapi.IsAdminPath(concrete), path)
+	}
+}
+
+func TestSharedHandlerChecksUndescribedAdminPaths(t *testing.T) {
+	tests := []struct {
+		path        string
+		wantProblem bool
+	}{
+		{"/stats/nowhere", true},
+		{"/clients/a/b", true},
+		{"/anything", false},
+		{"/", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			rec := &recorder{TB: t}
+			h := SharedHandler(rec, answering(200, `{}`))
+			h.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", tt.path, nil))
+			if !tt.wantProblem {
+				assert.Empty(t, rec.reported())
+				return
+			}
+			require.Len(t, rec.reported(), 1)
+			assert.Contains(t, rec.reported()[0], "path not described")
+		})
+	}
+}
+
 func TestTransportChecksAdminPathsOnly(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/backends" {
@@ -129,7 +187,7 @@ func TestTransportChecksAdminPathsOnly(t *testing.T) {
 	base := &http.Transport{}
 	t.Cleanup(base.CloseIdleConnections)
 	hc := &http.Client{Transport: Transport(rec, base)}
-	for _, p := range []string{"/", "/anything", "/backends"} {
+	for _, p := range []string{"/", "/anything", "/backends", "/stats/nowhere"} {
 		resp, err := hc.Get(srv.URL + p)
 		require.NoError(t, err)
 		data, err := io.ReadAll(resp.Body)
@@ -138,6 +196,7 @@ func TestTransportChecksAdminPathsOnly(t *testing.T) {
 		assert.NotEmpty(t, data, "the caller still reads the body")
 	}
 	problems := rec.reported()
-	require.Len(t, problems, 1, "only /backends is an admin path")
-	assert.Contains(t, problems[0], "GET /backends")
+	require.Len(t, problems, 2, "only /backends and /stats/nowhere are admin paths")
+	assert.Contains(t, strings.Join(problems, "\n"), "GET /backends")
+	assert.Contains(t, strings.Join(problems, "\n"), "GET /stats/nowhere → 200: path not described")
 }
