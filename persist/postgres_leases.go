@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/tollgate/tollgate/messages"
 )
 
@@ -19,6 +21,11 @@ type LeaseStore interface {
 	// must count what it reported as handed back and what it asked for as
 	// never granted, which loses tokens but never mints any.
 	RenewLeases(ctx context.Context, holder string, ttl time.Duration, rs []messages.LeaseRenewal) ([]messages.LeaseGrant, error)
+	// SharedTokens returns, per client id that exists, its bucket's tokens
+	// as of now: the row refilled on the server's clock (capped at
+	// capacity minus the live leases) plus the live leases' unspent
+	// tokens as last reported.
+	SharedTokens(ctx context.Context, ids []string) (map[string]float64, error)
 }
 
 var _ LeaseStore = (*Postgres)(nil)
@@ -69,6 +76,36 @@ func (p *Postgres) RenewLeases(ctx context.Context, holder string, ttl time.Dura
 		return nil, p.wrap(fmt.Sprintf("renew %d leases", len(rs)), err)
 	}
 	return grants, nil
+}
+
+// SharedTokens implements LeaseStore in one read; it changes nothing.
+func (p *Postgres) SharedTokens(ctx context.Context, ids []string) (map[string]float64, error) {
+	out := make(map[string]float64, len(ids))
+	if len(ids) == 0 {
+		return out, nil
+	}
+	ctx, cancel := opContext(ctx)
+	defer cancel()
+	rows, _ := p.pool.Query(ctx, `SELECT c.client_id,
+			GREATEST(LEAST(c.tokens + c.rate_per_sec *
+				GREATEST(extract(epoch FROM clock_timestamp() - c.last_refill), 0),
+				c.capacity - l.leased), 0) + l.leased
+		FROM clients c
+		CROSS JOIN LATERAL (SELECT COALESCE(sum(tokens), 0) AS leased FROM client_leases
+			WHERE client_id = c.client_id AND expires_at > clock_timestamp()) l
+		WHERE c.client_id = ANY($1)`, ids)
+	var (
+		id     string
+		tokens float64
+	)
+	_, err := pgx.ForEachRow(rows, []any{&id, &tokens}, func() error {
+		out[id] = tokens
+		return nil
+	})
+	if err != nil {
+		return nil, p.wrap(fmt.Sprintf("shared tokens of %d clients", len(ids)), err)
+	}
+	return out, nil
 }
 
 // latestRenewals keeps the last renewal per client and drops unstorable

@@ -102,6 +102,17 @@ func TestRenewLeasesGrants(t *testing.T) {
 	assert.Equal(t, 9.0, leased)
 }
 
+func TestSharedTokensCountsRowAndLeases(t *testing.T) {
+	db := newLeaseDB(t)
+	db.client(t, "a", 20, slowRate)
+	db.renew(t, "h1", 5*time.Second, messages.LeaseRenewal{ClientID: "a", Seq: 1, Want: 8})
+	db.renew(t, "h1", 5*time.Second, messages.LeaseRenewal{ClientID: "a", Seq: 2, Outstanding: 5})
+	got, err := db.store.SharedTokens(context.Background(), []string{"a", "gone"})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	assert.InDelta(t, 12+5, got["a"], 0.01, "row plus the lease as last reported")
+}
+
 func TestRenewLeasesDenyReturnsNextToken(t *testing.T) {
 	db := newLeaseDB(t)
 	db.client(t, "a", 2, 4)
