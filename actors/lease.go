@@ -69,7 +69,10 @@ type lease struct {
 	used    int64   // last token spent
 
 	lastGrant float64 // size of the last positive grant
-	denyUntil int64   // the store had no token before this
+	// renewBelow is threshold as of the last answer: a take that leaves
+	// less asks for a renewal, without reading the demand average.
+	renewBelow float64
+	denyUntil  int64 // the store had no token before this
 
 	seq      int64 // last renewal sent
 	inflight bool  // a renewal is out: single flight per client
@@ -109,6 +112,11 @@ func (l *lease) decayed(p *leasePolicy, now int64) float64 {
 	}
 	return l.demand * math.Exp(-float64(now-l.arrived)/float64(p.window))
 }
+
+// low reports whether the lease ran below the level at which a renewal
+// is due; cheap enough for every decision (time-based renewals are found
+// by the Leaser's periodic look at every lease).
+func (l *lease) low() bool { return l.held < l.renewBelow }
 
 // take spends one leased token if there is one and the lease has not
 // expired; an expired lease's tokens are lost (the store has swept them
@@ -180,6 +188,18 @@ func (l *lease) renewal(p *leasePolicy, now int64, seq int64, capacity int64) me
 	return r
 }
 
+// release hands the whole lease back (shutdown): nothing held, nothing
+// asked for, so the store drops the lease and its row gets the tokens.
+func (l *lease) release(now, seq int64) messages.LeaseRenewal {
+	if now >= l.expires {
+		l.held = 0
+	}
+	r := messages.LeaseRenewal{Seq: seq, Handback: l.held}
+	l.held = 0
+	l.seq, l.inflight, l.sentAt = seq, true, now
+	return r
+}
+
 // granted applies the store's answer to the renewal in flight, at now.
 func (l *lease) granted(p *leasePolicy, now int64, g messages.LeaseGrant) {
 	l.inflight = false
@@ -196,6 +216,7 @@ func (l *lease) granted(p *leasePolicy, now int64, g messages.LeaseGrant) {
 	if g.Granted > 0 {
 		l.lastGrant = g.Granted
 	}
+	l.renewBelow = l.threshold(p, now)
 	l.denyUntil = 0
 	if l.held < 1 && g.NextToken > 0 {
 		l.denyUntil = l.sentAt + int64(g.NextToken)

@@ -60,8 +60,9 @@ func (r *simRow) renew(h int, q messages.LeaseRenewal, now int64) messages.Lease
 		back = min(max(q.Handback, 0), own.tokens-mine)
 		mine = min(mine, max(r.capacity-others, r.capacity/float64(n+1)))
 	}
-	avail := min(r.tokens+back+r.rate*float64(max(now-r.last, 0))/1e9, r.capacity-others-mine)
-	avail = max(avail, 0)
+	debt := max(q.Debt, 0)
+	avail := min(r.tokens+back-debt+r.rate*float64(max(now-r.last, 0))/1e9, r.capacity-others-mine)
+	avail = max(avail, min(r.tokens, 0)-debt)
 	want := max(math.Floor(q.Want), 0)
 	var g float64
 	if avail >= want*float64(n+1) {
@@ -69,6 +70,7 @@ func (r *simRow) renew(h int, q messages.LeaseRenewal, now int64) messages.Lease
 	} else {
 		g = min(want, max(math.Floor(avail/float64(n+1)), min(1, math.Floor(avail))))
 	}
+	g = max(g, 0)
 	r.tokens, r.last = avail-g, now
 	holders := n
 	if mine+g > 0 || want > 0 {

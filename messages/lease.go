@@ -17,6 +17,9 @@ type LeaseRenewal struct {
 	Handback float64
 	// Want is how many whole tokens the holder asks for on top.
 	Want float64
+	// Debt is tokens the holder admitted without a lease while the store
+	// was away: the row pays them back, going below zero if it must.
+	Debt float64
 }
 
 // LeaseGrant is the store's answer to one LeaseRenewal, with what the

@@ -33,8 +33,10 @@ CREATE TABLE client_leases (
 --   1. sweep the client's expired leases: their unspent tokens are lost,
 --      which raises the row's cap again;
 --   2. take the holder's report: p_out, the tokens it still holds, at most
---      what the lease has (an expired or missing lease holds nothing), and
---      p_back, tokens it hands back to the row;
+--      what the lease has (an expired or missing lease holds nothing),
+--      p_back, tokens it hands back to the row, and p_debt, tokens it
+--      admitted without a lease while the store was away (the row pays
+--      them, going below zero if it must: refill pays that back first);
 --   3. refill the row at rate_per_sec since last_refill, capped at
 --      capacity minus every live lease (capacity lowered below the leases:
 --      this holder's lease shrinks to its fair part);
@@ -42,20 +44,25 @@ CREATE TABLE client_leases (
 --      when the row cannot give everyone what this holder asks;
 --   5. keep the lease until now + p_ttl, or drop it when it holds nothing
 --      and wants nothing.
--- A deleted client returns no row. granted is the new lease minus p_out,
+-- lock_timeout keeps a call from waiting on a locked row longer than the
+-- holder waits for its answer: a call the holder gave up on must fail, not
+-- apply later when nobody reads its grant. A deleted client returns no row. granted is the new lease minus p_out,
 -- negative when the lease shrank; next_token is the seconds until the row
 -- holds one token, when it grants nothing.
 -- +goose StatementBegin
 CREATE FUNCTION tollgate_renew_leases(
     p_holder text, p_ttl double precision,
     p_ids text[], p_seqs bigint[], p_out double precision[],
-    p_back double precision[], p_want double precision[])
+    p_back double precision[], p_want double precision[],
+    p_debt double precision[])
 RETURNS TABLE (
     id text, applied boolean, granted double precision,
     row_tokens double precision, leased double precision, holders integer,
     rate double precision, cap bigint, key_hash bytea, version bigint,
     next_token double precision)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET lock_timeout = '500ms'
+AS $$
 DECLARE
     r        record;
     c        record;
@@ -72,8 +79,8 @@ DECLARE
     g        double precision;
 BEGIN
     FOR r IN
-        SELECT * FROM unnest(p_ids, p_seqs, p_out, p_back, p_want)
-            AS u(cid, seq, out_, back_, want_)
+        SELECT * FROM unnest(p_ids, p_seqs, p_out, p_back, p_want, p_debt)
+            AS u(cid, seq, out_, back_, want_, debt_)
         ORDER BY cid
     LOOP
         SELECT * INTO c FROM clients WHERE clients.client_id = r.cid FOR UPDATE;
@@ -83,7 +90,7 @@ BEGIN
         rate := c.rate_per_sec;
         cap := c.capacity;
         key_hash := c.api_key_hash;
-        version := (extract(epoch FROM c.updated_at) * 1e6)::bigint;
+        version := c.version;
 
         DELETE FROM client_leases l
             WHERE l.client_id = r.cid AND l.holder <> p_holder AND l.expires_at <= now_;
@@ -115,9 +122,11 @@ BEGIN
             mine := LEAST(mine, GREATEST(c.capacity - others, c.capacity::double precision / (n_others + 1)));
         END IF;
         avail := LEAST(
-            c.tokens + back + c.rate_per_sec * GREATEST(extract(epoch FROM now_ - c.last_refill), 0),
+            c.tokens + back - GREATEST(COALESCE(r.debt_, 0), 0)
+                + c.rate_per_sec * GREATEST(extract(epoch FROM now_ - c.last_refill), 0),
             c.capacity - others - mine);
-        avail := GREATEST(avail, 0);
+        -- Below zero only by a debt, or when capacity fell below the leases.
+        avail := GREATEST(avail, LEAST(c.tokens, 0) - GREATEST(COALESCE(r.debt_, 0), 0));
 
         want := GREATEST(floor(COALESCE(r.want_, 0)), 0);
         IF avail >= want * (n_others + 1) THEN
@@ -125,6 +134,7 @@ BEGIN
         ELSE
             g := LEAST(want, GREATEST(floor(avail / (n_others + 1)), LEAST(1, floor(avail))));
         END IF;
+        g := GREATEST(g, 0);
 
         UPDATE clients SET tokens = avail - g, last_refill = now_
             WHERE clients.client_id = r.cid;
@@ -155,5 +165,6 @@ $$;
 
 -- +goose Down
 DROP FUNCTION tollgate_renew_leases(text, double precision, text[], bigint[],
-    double precision[], double precision[], double precision[]);
+    double precision[], double precision[], double precision[],
+    double precision[]);
 DROP TABLE client_leases;

@@ -44,15 +44,16 @@ func (p *Postgres) RenewLeases(ctx context.Context, holder string, ttl time.Dura
 	outs := make([]float64, len(rs))
 	backs := make([]float64, len(rs))
 	wants := make([]float64, len(rs))
+	debts := make([]float64, len(rs))
 	for i, r := range rs {
-		ids[i], seqs[i], outs[i], backs[i], wants[i] = r.ClientID, r.Seq, r.Outstanding, r.Handback, r.Want
+		ids[i], seqs[i], outs[i], backs[i], wants[i], debts[i] = r.ClientID, r.Seq, r.Outstanding, r.Handback, r.Want, r.Debt
 	}
 	ctx, cancel := opContext(ctx)
 	defer cancel()
 	rows, _ := p.pool.Query(ctx, `SELECT id, applied, granted, row_tokens, leased,
 			holders, rate, cap, key_hash, version, next_token
-		FROM tollgate_renew_leases($1, $2, $3, $4, $5, $6, $7)`,
-		holder, ttl.Seconds(), ids, seqs, outs, backs, wants)
+		FROM tollgate_renew_leases($1, $2, $3, $4, $5, $6, $7, $8)`,
+		holder, ttl.Seconds(), ids, seqs, outs, backs, wants, debts)
 	defer rows.Close()
 	grants := make([]messages.LeaseGrant, 0, len(rs))
 	var (

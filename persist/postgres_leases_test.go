@@ -215,6 +215,23 @@ func TestRenewLeasesCapacityLoweredShrinksLeases(t *testing.T) {
 	assert.LessOrEqual(t, row+leased, 4.0+0.01)
 }
 
+func TestRenewLeasesDebt(t *testing.T) {
+	db := newLeaseDB(t)
+	db.client(t, "a", 10, slowRate)
+	db.renew(t, "h1", 5*time.Second, messages.LeaseRenewal{ClientID: "a", Seq: 1, Want: 4})
+	// Back from an outage: held nothing any more (handed back 4), admitted
+	// 12 on its own. The row pays, below zero.
+	gs := db.renew(t, "h1", 5*time.Second, messages.LeaseRenewal{ClientID: "a", Seq: 2, Handback: 4, Debt: 12, Want: 1})
+	assert.Zero(t, gs["a"].Granted)
+	assert.InDelta(t, -2, gs["a"].RowTokens, 0.01)
+	assert.Positive(t, gs["a"].NextToken)
+	row, leased := db.total(t, "a")
+	assert.LessOrEqual(t, row+leased, 10.0)
+	// A debt is never forgiven by a lowered floor: refill pays it.
+	gs = db.renew(t, "h1", 5*time.Second, messages.LeaseRenewal{ClientID: "a", Seq: 3, Debt: 1})
+	assert.InDelta(t, -3, gs["a"].RowTokens, 0.01)
+}
+
 func TestRenewLeasesDeletedClient(t *testing.T) {
 	db := newLeaseDB(t)
 	db.client(t, "a", 20, slowRate)
