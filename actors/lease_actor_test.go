@@ -129,3 +129,16 @@ func TestLeaserStopsWithoutLimiterTraffic(t *testing.T) {
 		t.Fatal("Run returned but done is open")
 	}
 }
+
+// TestLeasedRateRaisedClearsDenyUntil: a client refused until its next
+// token under a slow rate is admitted as soon as a PATCH raises the rate,
+// not when the old rate's next token would have come.
+func TestLeasedRateRaisedClearsDenyUntil(t *testing.T) {
+	s := startLeased(t, "safe")
+	key := s.client(t, "a", 0.001, 1)
+	require.Equal(t, 1, s.admitN(t, key, 3), "then denied for about 1000 s")
+	rate, capacity := 1000.0, int64(1000)
+	_, err := s.l.UpdateLimits(context.Background(), "a", messages.Limits{RatePerSec: &rate, Capacity: &capacity})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.admitN(t, key, 1) == 1 }, 5*time.Second, 10*time.Millisecond)
+}

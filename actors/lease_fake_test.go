@@ -65,6 +65,7 @@ func (m *modelLeases) RenewLeases(ctx context.Context, holder string, ttl time.D
 		}
 		g := row.renew(h, r, m.now())
 		g.ClientID, g.RatePerSec, g.Capacity = r.ClientID, row.rate, int64(row.capacity)
+		g.Version = m.clients.get(r.ClientID).Version
 		out = append(out, g)
 		m.log = append(m.log, r)
 	}
@@ -74,10 +75,13 @@ func (m *modelLeases) RenewLeases(ctx context.Context, holder string, ttl time.D
 // row returns the model row of id, made from the stored client; nil if
 // there is no such client.
 func (m *modelLeases) row(id string, ttl time.Duration) *simRow {
+	c := m.clients.get(id)
 	if r, ok := m.rows[id]; ok {
+		if c.ID != "" { // the limits as stored now
+			r.rate, r.capacity = c.RatePerSec, float64(c.Capacity)
+		}
 		return r
 	}
-	c := m.clients.get(id)
 	if c.ID == "" {
 		return nil
 	}

@@ -419,10 +419,12 @@ func adoptLease(e *entry, lz *leased) {
 	}
 }
 
-// shrinkLease keeps a lease within a lowered capacity at once; the next
-// renewal shrinks it to its fair part.
+// shrinkLease follows a change of limits at once: a lease within a
+// lowered capacity (the next renewal shrinks it to its fair part), and no
+// "no token before" learnt under the old rate.
 func shrinkLease(e *entry) {
 	if e.lz != nil {
 		e.lz.l.held = min(e.lz.l.held, float64(e.b.capacity))
+		e.lz.l.denyUntil = 0
 	}
 }

@@ -43,6 +43,7 @@ func (s *shard) sync(m *syncMsg) peekReply {
 		e = s.install(c, b, now)
 		e.version, e.dirty = version, true
 		adoptLease(e, m.moved.lz)
+		shrinkLease(e)
 	case ok:
 		if applyLimits(&e.b, &e.version, c, now) {
 			e.dirty = true
