@@ -34,6 +34,9 @@ type LimiterConfig struct {
 	LoadTimeout time.Duration
 	// HashAPIKeys keeps only the SHA-256 of keys in the store.
 	HashAPIKeys bool
+	// Shared, when set, shares buckets with other instances through
+	// leases; the Leaser (NewLeaser) must run beside the Limiter.
+	Shared *SharedBuckets
 }
 
 type limiterConfig struct {
@@ -43,6 +46,8 @@ type limiterConfig struct {
 	cacheTTL            time.Duration
 	loadTimeout         time.Duration
 	hashAPIKeys         bool
+	// lease is set when the store shares buckets between instances.
+	lease *leaseShared
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -66,6 +71,8 @@ type Limiter struct {
 	store persist.Store
 	cfg   limiterConfig
 	log   *slog.Logger
+	// shared is set with shared buckets (leases).
+	shared *SharedBuckets
 }
 
 // NewLimiter loads the key index from the store and returns a Limiter
@@ -89,6 +96,9 @@ func NewLimiter(ctx context.Context, cfg LimiterConfig, store persist.Store, log
 	}
 	l.reqs.New = newAdmitReq
 	l.order = newAdminOrder()
+	if cfg.Shared != nil {
+		l.shared, l.cfg.lease = cfg.Shared, newLeaseShared(cfg.Shared)
+	}
 	for range n {
 		l.shards = append(l.shards, newShard(&l.cfg, l.log))
 	}

@@ -88,6 +88,10 @@ func (l *Limiter) GetClient(ctx context.Context, id string) (messages.Client, er
 	if err != nil {
 		return messages.Client{}, err
 	}
+	if l.shared != nil {
+		cs := []messages.Client{l.shown(c)}
+		return cs[0], l.overlayShared(ctx, cs)
+	}
 	return l.live(ctx, c)
 }
 
@@ -96,6 +100,12 @@ func (l *Limiter) ListClients(ctx context.Context, after string, limit int) ([]m
 	cs, err := l.store.ListClients(ctx, after, limit)
 	if err != nil {
 		return nil, err
+	}
+	if l.shared != nil {
+		for i := range cs {
+			cs[i] = l.shown(cs[i])
+		}
+		return cs, l.overlayShared(ctx, cs)
 	}
 	for i := range cs {
 		if cs[i], err = l.live(ctx, cs[i]); err != nil {
@@ -121,7 +131,11 @@ func (l *Limiter) UpdateLimits(ctx context.Context, id string, lim messages.Limi
 	}
 	reply := make(chan peekReply, 1)
 	rep := tell(ctx, l.shardFor(c.KeyHash), &syncMsg{client: c, reply: reply}, reply)
-	return l.shown(l.withBucket(c, rep)), nil
+	cs := []messages.Client{l.shown(l.withBucket(c, rep))}
+	// The change is stored: a failed read of the tokens must not make it
+	// look failed, so the answer keeps the cached view then.
+	_ = l.overlayShared(ctx, cs)
+	return cs[0], nil
 }
 
 // DeleteClient removes a client; its key is refused from the next request
@@ -163,9 +177,10 @@ func (l *Limiter) RotateKey(ctx context.Context, id, newKey string) (messages.Cl
 	moved := tell(ctx, l.shardFor(old.KeyHash), &removeMsg{hash: old.KeyHash, clientID: old.ID, reply: removed}, removed)
 	reply := make(chan peekReply, 1)
 	rep := tell(ctx, l.shardFor(c.KeyHash), &syncMsg{client: c, moved: moved, fresh: true, reply: reply}, reply)
-	c = l.withBucket(c, rep)
-	c.APIKey = newKey
-	return c, nil
+	cs := []messages.Client{l.withBucket(c, rep)}
+	_ = l.overlayShared(ctx, cs) // as in UpdateLimits
+	cs[0].APIKey = newKey
+	return cs[0], nil
 }
 
 // Ready reports whether the store answers.

@@ -22,6 +22,9 @@ type entry struct {
 	// handed is the last_refill (wall Unix ns) of the state the persister
 	// collected and has not yet confirmed saved; 0 when none is.
 	handed int64
+	// lz is the client's lease when the store shares buckets between
+	// instances (shard_lease.go); nil with the embedded store.
+	lz *leased
 }
 
 var entryPool = sync.Pool{New: func() any { return new(entry) }}
@@ -102,6 +105,7 @@ type peekReply struct {
 	cached     bool
 	generation int64
 	version    int64
+	lz         *leased // the lease of a removed bucket, now the caller's
 }
 
 type collected struct {
@@ -136,6 +140,8 @@ type shard struct {
 	evicted map[messages.KeyHash]*evictedBucket
 	deleted []string            // client ids deleted since the last collect
 	touched map[uint64]struct{} // during a resync: keys indexed or dropped since its mark
+	// leaseDue holds the leased entries that may need a renewal.
+	leaseDue map[messages.KeyHash]struct{}
 }
 
 func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
@@ -148,6 +154,8 @@ func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
 		index:   make(map[uint64]struct{}),
 		cache:   make(map[messages.KeyHash]*entry),
 		loading: make(map[messages.KeyHash]*pendingLoad),
+		// Empty and unused without leases.
+		leaseDue: make(map[messages.KeyHash]struct{}),
 	}
 }
 
@@ -197,6 +205,13 @@ func (s *shard) control(m any) {
 	case *savedMsg:
 		s.saved(m.states)
 		m.reply <- struct{}{}
+	case *leaseCollectMsg:
+		m.reply <- s.leaseCollect(m)
+	case *leaseResultMsg:
+		s.leaseResult(m)
+		m.reply <- struct{}{}
+	case leaseWakeTick:
+		s.leaseWake()
 	default:
 		panic(fmt.Sprintf("actors: shard got unknown message %T", m))
 	}
@@ -207,6 +222,8 @@ func (s *shard) control(m any) {
 // stored pair (tokens, last_refill) into an equivalent one.
 func (s *shard) refillAll(now int64) {
 	for _, e := range s.cache {
-		e.b.refill(now)
+		if e.lz == nil { // a lease's view refills in the store's row
+			e.b.refill(now)
+		}
 	}
 }

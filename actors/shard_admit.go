@@ -133,6 +133,10 @@ func (s *shard) admit(r *admitReq) {
 		return // its caller is gone: no token, no answer
 	}
 	if e, ok := s.cache[r.hash]; ok {
+		if e.lz != nil {
+			s.admitLeased(e, r, false)
+			return
+		}
 		r.reply <- s.take(e, r.now)
 		return
 	}
@@ -197,9 +201,14 @@ func (s *shard) loaded(m *loadDone) {
 		e = s.installLoaded(m.client, p.updates)
 	}
 	for _, w := range waiters {
-		if w.claim() {
-			w.reply <- s.take(e, w.now)
+		if !w.claim() {
+			continue
 		}
+		if e.lz != nil {
+			s.admitLeased(e, w, true)
+			continue
+		}
+		w.reply <- s.take(e, w.now)
 	}
 }
 

@@ -29,7 +29,7 @@ type savedMsg struct {
 // evict drops a cached entry, keeping its bucket if the store may not have
 // its state yet.
 func (s *shard) evict(h messages.KeyHash, e *entry) {
-	if e.dirty || e.handed != 0 {
+	if e.lz == nil && (e.dirty || e.handed != 0) {
 		if s.evicted == nil {
 			s.evicted = make(map[messages.KeyHash]*evictedBucket)
 		}
@@ -37,6 +37,7 @@ func (s *shard) evict(h messages.KeyHash, e *entry) {
 			b: e.b, dirty: e.dirty, handed: e.handed}
 	}
 	delete(s.cache, h)
+	dropLeased(e)
 	freeEntry(e)
 }
 
@@ -55,7 +56,7 @@ func (s *shard) unevict(h messages.KeyHash, clientID string) *evictedBucket {
 func (s *shard) sweep(now int64) {
 	ttl := int64(s.cfg.cacheTTL)
 	for h, e := range s.cache {
-		if now-e.seen >= ttl {
+		if now-e.seen >= ttl && !leaseBusy(e) {
 			s.evict(h, e)
 		}
 	}
@@ -68,7 +69,9 @@ func (s *shard) collect() collected {
 	c := collected{deleted: s.deleted}
 	s.deleted = nil
 	for h, e := range s.cache {
-		if e.dirty {
+		// A leased bucket lives in the store's row: saving the
+		// instance's view of it would mint tokens.
+		if e.dirty && e.lz == nil {
 			st := s.stateOf(h, e.clientID, e.generation, &e.b)
 			c.states = append(c.states, st)
 			e.dirty, e.handed = false, st.LastRefill.UnixNano()

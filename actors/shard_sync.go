@@ -42,9 +42,12 @@ func (s *shard) sync(m *syncMsg) peekReply {
 		applyLimits(&b, &version, c, now)
 		e = s.install(c, b, now)
 		e.version, e.dirty = version, true
+		adoptLease(e, m.moved.lz)
+		shrinkLease(e)
 	case ok:
 		if applyLimits(&e.b, &e.version, c, now) {
 			e.dirty = true
+			shrinkLease(e)
 		}
 	default:
 		return s.syncUncached(c, m.fresh, now)
@@ -97,6 +100,8 @@ func (s *shard) remove(m *removeMsg) peekReply {
 	}
 	e.b.refill(now)
 	rep := peekReply{b: e.b, cached: true, generation: e.generation, version: e.version}
+	dropLeased(e)
+	rep.lz = detachLease(e)
 	s.drop(m.hash, e)
 	return rep
 }
@@ -163,7 +168,9 @@ func (s *shard) replaceIndex(m *replaceIndexMsg) {
 	// A cached client whose key left the index was deleted or rotated on
 	// another instance while we were not listening.
 	for h, e := range s.cache {
-		if _, ok := s.index[h.Fingerprint()]; ok && !m.dropCache {
+		// A leased entry need not reload to pick up missed limits (every
+		// renewal brings them), and dropping it would lose its lease.
+		if _, ok := s.index[h.Fingerprint()]; ok && (!m.dropCache || e.lz != nil) {
 			continue
 		}
 		s.evict(h, e)
@@ -174,9 +181,11 @@ func (s *shard) replaceIndex(m *replaceIndexMsg) {
 func (s *shard) install(c messages.Client, b bucket, now int64) *entry {
 	s.indexKey(c.KeyHash.Fingerprint())
 	if old, ok := s.cache[c.KeyHash]; ok {
+		dropLeased(old)
 		freeEntry(old)
 	}
 	e := newEntry(c, b, now)
+	s.newLeased(e)
 	s.cache[c.KeyHash] = e
 	s.cached.Store(int64(len(s.cache)))
 	return e
@@ -186,5 +195,6 @@ func (s *shard) install(c messages.Client, b bucket, now int64) *entry {
 func (s *shard) drop(h messages.KeyHash, e *entry) {
 	delete(s.cache, h)
 	s.cached.Store(int64(len(s.cache)))
+	dropLeased(e)
 	freeEntry(e)
 }

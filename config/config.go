@@ -72,4 +72,18 @@ type RateLimiter struct {
 	DefaultCapacity     int64
 	CacheTTL            time.Duration // cache.time_to_live
 	HashAPIKeys         bool
+	// LeaseTTL is how long a lease on a shared bucket outlives its last
+	// renewal (PostgreSQL only, SPEC 9).
+	LeaseTTL time.Duration
+	// StoreDownPolicy is what a shared bucket does once the store is
+	// unreachable and its lease is spent: StoreDownSafe, StoreDownClosed
+	// or StoreDownOpen.
+	StoreDownPolicy string
 }
+
+// Values of RateLimiter.StoreDownPolicy.
+const (
+	StoreDownSafe   = "safe"   // admit from this instance's share of the bucket
+	StoreDownClosed = "closed" // refuse with 503
+	StoreDownOpen   = "open"   // admit everything
+)

@@ -230,6 +230,8 @@ func decodeRateLimiter(o *object, rl *RateLimiter) {
 	o.float("default_rate_per_sec", &rl.DefaultRatePerSec)
 	integer(o, "default_capacity", &rl.DefaultCapacity)
 	o.boolean("hash_api_keys", &rl.HashAPIKeys)
+	o.seconds("lease_ttl", &rl.LeaseTTL)
+	o.str("store_down_policy", &rl.StoreDownPolicy)
 	cache := o.object("cache")
 	cache.seconds("time_to_live", &rl.CacheTTL)
 	cache.unknown()

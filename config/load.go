@@ -31,6 +31,7 @@ const (
 	defaultRatePerSec          = 5
 	defaultCapacity            = 20
 	defaultCacheTTL            = 300 * time.Second
+	defaultLeaseTTL            = 5 * time.Second
 )
 
 // Environment variables that override the file, so secrets need not be
@@ -67,6 +68,8 @@ func defaults() *Config {
 			DefaultRatePerSec:   defaultRatePerSec,
 			DefaultCapacity:     defaultCapacity,
 			CacheTTL:            defaultCacheTTL,
+			LeaseTTL:            defaultLeaseTTL,
+			StoreDownPolicy:     StoreDownSafe,
 		},
 	}
 }

@@ -72,6 +72,8 @@ func seedConfig() *config.Config {
 			DefaultRatePerSec:   5,
 			DefaultCapacity:     20,
 			CacheTTL:            300 * time.Second,
+			LeaseTTL:            5 * time.Second,
+			StoreDownPolicy:     "safe",
 		},
 	}
 }
@@ -176,6 +178,8 @@ func TestLoadEveryField(t *testing.T) {
 			DefaultCapacity:     1000,
 			CacheTTL:            30 * time.Second,
 			HashAPIKeys:         true,
+			LeaseTTL:            2500 * time.Millisecond,
+			StoreDownPolicy:     "closed",
 		},
 	}
 	c, err := config.LoadWithEnv("testdata/full.json", noEnv)

@@ -95,7 +95,16 @@ func (rl *RateLimiter) check(p *problems) {
 	}
 	between(p, "rate_limiter.default_capacity", rl.DefaultCapacity, 1, maxDefaultCapacity)
 	positive(p, "rate_limiter.cache.time_to_live", rl.CacheTTL)
+	// Below half a second a lease would expire between two renewals.
+	if rl.LeaseTTL < minLeaseTTL {
+		p.addf("rate_limiter.lease_ttl", "%s must be >= 0.5", strconv.FormatFloat(rl.LeaseTTL.Seconds(), 'g', -1, 64))
+	}
+	if pol := rl.StoreDownPolicy; pol != StoreDownSafe && pol != StoreDownClosed && pol != StoreDownOpen {
+		p.addf("rate_limiter.store_down_policy", "%q must be one of safe, closed, open", pol)
+	}
 }
+
+const minLeaseTTL = 500 * time.Millisecond
 
 func positive(p *problems, path string, d time.Duration) {
 	if d <= 0 {

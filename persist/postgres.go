@@ -208,6 +208,7 @@ func classifyServer(e *pgconn.PgError) error {
 		strings.HasPrefix(e.Code, "53"),  // insufficient resources, too many connections
 		strings.HasPrefix(e.Code, "57P"), // server shutting down or starting
 		strings.HasPrefix(e.Code, "58"),  // server I/O error
+		e.Code == "55P03",                // lock_not_available: lock_timeout
 		e.Code == "57014":                // query_canceled: statement_timeout
 		return fmt.Errorf("%w: %w", messages.ErrUnavailable, e)
 	}

@@ -7,6 +7,7 @@
 #   BENCH_PART=go scripts/bench.sh       # Go benchmarks only
 #   BENCH_PART=peers scripts/bench.sh    # the peer comparison only
 #   BENCH_PART=latency scripts/bench.sh  # fixed-rate latency, Tollgate vs gopool
+#   BENCH_PART=cluster scripts/bench.sh  # N instances sharing buckets (scripts/cluster-bench.sh)
 #
 # The peer run's knobs (ROUNDS, CONNS, DURATION, PEERS, LAYOUT, ...) pass
 # through; see the header of bench/peers.sh. Results go to bench/results/
@@ -18,6 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PATH="$PATH:/usr/local/go/bin:$HOME/go/bin"
 
 PART=${BENCH_PART:-all}
+[[ $PART != cluster ]] || exec scripts/cluster-bench.sh
 RESULTS=bench/results
 mkdir -p "$RESULTS"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)

@@ -56,9 +56,9 @@ func TestFaultReloadAfterResyncKeepsUnsavedAdmissions(t *testing.T) {
 	_, err = tx.Exec(ctx, "SELECT 1 FROM clients WHERE client_id = $1 FOR UPDATE", c.ClientID)
 	require.NoError(t, err)
 
-	failed := len(in.logs.lines("save failed; will retry"))
+	failed := faultFailedWrites(in)
 	spend(5) // 985 left, only in memory and in the persister's hands
-	eventually(t, func() bool { return len(in.logs.lines("save failed; will retry")) > failed }, "a save of the 5 admissions failed")
+	eventually(t, func() bool { return faultFailedWrites(in) > failed }, "a save of the 5 admissions failed")
 
 	resyncs := len(faultResyncs(in, true))
 	require.Equal(t, 1, faultTerminateListeners(t, dsn))

@@ -196,6 +196,8 @@ var restartOnly = []struct {
 	{"rate_limiter.remove_stale_interval", false, func(c *config.Config) any { return c.RateLimiter.RemoveStaleInterval }},
 	{"rate_limiter.cache.time_to_live", false, func(c *config.Config) any { return c.RateLimiter.CacheTTL }},
 	{"rate_limiter.hash_api_keys", false, func(c *config.Config) any { return c.RateLimiter.HashAPIKeys }},
+	{"rate_limiter.lease_ttl", false, func(c *config.Config) any { return c.RateLimiter.LeaseTTL }},
+	{"rate_limiter.store_down_policy", false, func(c *config.Config) any { return c.RateLimiter.StoreDownPolicy }},
 }
 
 // warnRestartOnly logs one warning per restart-only field whose value in

@@ -167,9 +167,12 @@ func eraseClearKeys(ctx context.Context, cfg *config.Config, s persist.Store, lo
 type app struct {
 	limiter   *actors.Limiter
 	persister *actors.Persister
-	registry  *actors.Registry
-	forward   *pipeline.Pipeline
-	admin     http.Handler
+	// leaser renews leases on buckets shared with other instances; nil
+	// for the embedded store.
+	leaser   *actors.Leaser
+	registry *actors.Registry
+	forward  *pipeline.Pipeline
+	admin    http.Handler
 	// watcher reports other instances' admin changes; nil for the
 	// embedded store, which has no other instances.
 	watcher persist.Watcher
@@ -194,6 +197,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 		CacheTTL:            rl.CacheTTL,
 		LoadTimeout:         lb.RequestTimeout,
 		HashAPIKeys:         rl.HashAPIKeys,
+		Shared:              sharedBuckets(cfg, store),
 	}, measured, log)
 	if err != nil {
 		return nil, err
@@ -214,6 +218,7 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 		cert:       cert,
 		backendTLS: bt,
 		limiter:    limiter,
+		leaser:     actors.NewLeaser(limiter, log),
 		registry:   registry,
 		metrics:    m,
 		persister: actors.NewPersister(actors.PersisterConfig{
@@ -357,6 +362,23 @@ func closeAfterChunked(h http.Handler) http.Handler {
 // listener is connected: this is a backstop, so it can be slow.
 const keyIndexResync = 5 * time.Minute
 
+// sharedBuckets is the lease setup when the store shares buckets between
+// instances (PostgreSQL), else nil.
+func sharedBuckets(cfg *config.Config, s persist.Store) *actors.SharedBuckets {
+	ls, ok := s.(persist.LeaseStore)
+	if !ok {
+		return nil
+	}
+	rl := cfg.RateLimiter
+	return &actors.SharedBuckets{
+		Store:           ls,
+		LeaseTTL:        rl.LeaseTTL,
+		ReportInterval:  rl.SaveStateInterval,
+		StoreDownPolicy: rl.StoreDownPolicy,
+		FlushTimeout:    cfg.ShutdownTimeout,
+	}
+}
+
 func asWatcher(s persist.Store) persist.Watcher {
 	w, _ := s.(persist.Watcher)
 	return w
@@ -379,8 +401,15 @@ func (a *app) run(ctx context.Context, servers []*server, shutdownTimeout time.D
 		g.Go(func() error { return a.registry.RunWorker(persistCtx) })
 	}
 	g.Go(func() error {
+		// The shards stop once both have flushed: the persister its states,
+		// the leaser its leases.
 		defer stopActors()
-		return a.persister.Run(persistCtx)
+		var flushers errgroup.Group
+		flushers.Go(func() error { return a.persister.Run(persistCtx) })
+		if a.leaser != nil {
+			flushers.Go(func() error { return a.leaser.Run(persistCtx) })
+		}
+		return flushers.Wait()
 	})
 	if a.watcher != nil {
 		g.Go(func() error { return a.watcher.Watch(persistCtx, keyIndexResync, a.limiter.ApplyChange) })

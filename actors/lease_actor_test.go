@@ -1,0 +1,144 @@
+package actors
+
+import (
+	"context"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/messages"
+)
+
+func TestLeasedAdmissionIsDecidedInMemory(t *testing.T) {
+	s := startLeased(t, "safe")
+	key := s.client(t, "a", 0.001, 100)
+	assert.Equal(t, 50, s.admitN(t, key, 50))
+	// The first request waited for a lease; the lease then grew with
+	// demand: a handful of renewals for fifty decisions.
+	assert.LessOrEqual(t, s.leases.calls.Load(), int64(10))
+	assert.GreaterOrEqual(t, s.leases.total("a"), 50.0, "spending not reported yet still counts as leased")
+	assert.Positive(t, s.l.cfg.lease.decided.Load())
+	s.stop()
+	assert.InDelta(t, 50, s.leases.total("a"), 0.01, "once handed back: capacity minus admitted")
+}
+
+func TestLeasedOverLimitClientCostsTheStoreNothing(t *testing.T) {
+	s := startLeased(t, "safe")
+	key := s.client(t, "a", 0.001, 3)
+	assert.Equal(t, 3, s.admitN(t, key, 3))
+	calls := s.leases.calls.Load()
+	assert.Zero(t, s.admitN(t, key, 100), "the bucket is empty")
+	// One renewal learns the row is empty and when its next token comes
+	// (in about 1000 s); the refusals after it never ask again.
+	assert.LessOrEqual(t, s.leases.calls.Load()-calls, int64(2))
+	d, err := s.l.Admit(context.Background(), key)
+	require.NoError(t, err)
+	assert.False(t, d.Allowed)
+	assert.Greater(t, d.RetryAfter, 100*time.Second, "Retry-After from the store's next token")
+}
+
+func TestLeasedStoreDownPolicies(t *testing.T) {
+	tests := []struct {
+		policy  string
+		admit   int // of 10, capacity 5
+		wantErr error
+	}{
+		{"safe", 5, nil}, // alone: the whole bucket, as with the embedded store
+		{"open", 10, nil},
+		{"closed", 0, messages.ErrUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.policy, func(t *testing.T) {
+			s := startLeased(t, tt.policy)
+			s.leases.down.Store(true)
+			key := s.client(t, "a", 0.001, 5)
+			ok := 0
+			for range 10 {
+				d, err := s.l.Admit(context.Background(), key)
+				if tt.wantErr != nil {
+					require.ErrorIs(t, err, tt.wantErr)
+					continue
+				}
+				require.NoError(t, err)
+				if d.Allowed {
+					ok++
+				}
+			}
+			assert.Equal(t, tt.admit, ok)
+		})
+	}
+}
+
+// TestLeasedSafeModeDebtIsPaid: admissions made while the store was away
+// are charged to the row once it is back, so one instance ends where its
+// bucket would have.
+func TestLeasedSafeModeDebtIsPaid(t *testing.T) {
+	s := startLeased(t, "safe")
+	key := s.client(t, "a", 0.001, 20)
+	require.Equal(t, 4, s.admitN(t, key, 4))
+	s.leases.down.Store(true)
+	require.Equal(t, 16, s.admitN(t, key, 30), "what is left of the bucket, no more")
+	s.leases.down.Store(false)
+	s.stop() // hands back, reporting the debt if not yet done
+	assert.InDelta(t, 0, s.leases.total("a"), 0.5, "20 admitted of 20: the row is empty")
+}
+
+func TestLeaserHandsBackAtShutdown(t *testing.T) {
+	s := startLeased(t, "safe")
+	key := s.client(t, "a", 0.001, 100)
+	require.Equal(t, 30, s.admitN(t, key, 30))
+	s.stop()
+	rs := s.leases.renewals()
+	require.NotEmpty(t, rs)
+	last := rs[len(rs)-1]
+	assert.Zero(t, last.Want, "the last renewal asks for nothing")
+	assert.Zero(t, last.Outstanding)
+	assert.InDelta(t, 70, s.leases.total("a"), 0.5)
+	s.leases.mu.Lock()
+	defer s.leases.mu.Unlock()
+	assert.Empty(t, s.leases.rows["a"].leases, "no lease left behind")
+}
+
+// TestLeasedWaitIsBoundedWhenTheStoreHangs: a request whose lease is
+// empty waits for the renewal at most 20 ms, then is decided by the
+// store-down policy.
+func TestLeasedWaitIsBoundedWhenTheStoreHangs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := startLeased(t, "safe")
+		key := s.client(t, "a", 0.001, 5)
+		s.leases.hang.Store(true)
+		begun := time.Now()
+		d, err := s.l.Admit(context.Background(), key)
+		require.NoError(t, err)
+		assert.True(t, d.Allowed, "alone, safe mode holds the whole bucket: %+v", d)
+		assert.LessOrEqual(t, time.Since(begun), 25*time.Millisecond)
+		s.leases.hang.Store(false)
+		s.stop()
+	})
+}
+
+func TestLeaserStopsWithoutLimiterTraffic(t *testing.T) {
+	s := startLeased(t, "safe")
+	s.stop()
+	select {
+	case <-s.x.done:
+	default:
+		t.Fatal("Run returned but done is open")
+	}
+}
+
+// TestLeasedRateRaisedClearsDenyUntil: a client refused until its next
+// token under a slow rate is admitted as soon as a PATCH raises the rate,
+// not when the old rate's next token would have come.
+func TestLeasedRateRaisedClearsDenyUntil(t *testing.T) {
+	s := startLeased(t, "safe")
+	key := s.client(t, "a", 0.001, 1)
+	require.Equal(t, 1, s.admitN(t, key, 3), "then denied for about 1000 s")
+	rate, capacity := 1000.0, int64(1000)
+	_, err := s.l.UpdateLimits(context.Background(), "a", messages.Limits{RatePerSec: &rate, Capacity: &capacity})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return s.admitN(t, key, 1) == 1 }, 5*time.Second, 10*time.Millisecond)
+}

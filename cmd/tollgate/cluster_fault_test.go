@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/persist/pgtest"
+)
+
+// startProcess runs the real binary with cfg and returns its main address
+// and the process.
+func startProcess(t *testing.T, bin string, cfg map[string]any) (string, *exec.Cmd) {
+	t.Helper()
+	cmd := exec.Command(bin, "-config", writeConfig(t, cfg), "-addr", "127.0.0.1:0")
+	dsn, _ := cfg["database_url"].(string)
+	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		var l map[string]any
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l["msg"] == "listening" && l["server"] == "main" {
+			go func() { _, _ = io.Copy(io.Discard, stdout) }() // drained until the process exits
+			return l["addr"].(string), cmd
+		}
+	}
+	t.Fatalf("process ended before listening: %v", sc.Err())
+	return "", nil
+}
+
+// TestClusterKilledInstanceLosesOnlyItsLease: an instance killed with
+// SIGKILL cannot hand its lease back. Nothing is over-admitted: the other
+// instance gets at most what the row holds, and the dead lease stops
+// counting once lease_ttl has passed (the row's cap is free again).
+func TestClusterKilledInstanceLosesOnlyItsLease(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "tollgate")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	backend := newLiveBackend(t)
+	dsn := pgtest.New(t)
+	cfg := baseConfig(t, backend.url)
+	cfg["database_url"] = dsn
+	setRL(cfg, map[string]any{"lease_ttl": 2})
+	survivor := start(t, cfg)
+	addr, proc := startProcess(t, bin, cfg)
+	victim := &instance{addr: addr}
+	hc := newHTTPClient(t)
+	const capacity = 20
+	c := victim.createClient(t, hc, "crash", faultSlowRate, capacity)
+	admitted := 0
+	for range 8 {
+		if r := victim.mustForward(t, hc, c.APIKey, "/before", nil); r.status == http.StatusOK {
+			admitted++
+		}
+	}
+	require.Equal(t, 8, admitted)
+	// Killed once it has reported its spending: what it loses is then its
+	// lease alone. (Admissions it made in safe mode and had not reported
+	// yet would be lost to the row too: see the README.)
+	eventually(t, func() bool { return victim.getClient(t, hc, "crash").Tokens <= capacity-8+0.5 },
+		"the victim reported its admissions")
+	require.NoError(t, proc.Process.Kill())
+	_, _ = proc.Process.Wait()
+	killed := time.Now()
+
+	// At once, while the dead lease still counts.
+	for range 2 * capacity {
+		if r := survivor.mustForward(t, hc, c.APIKey, "/after", nil); r.status == http.StatusOK {
+			admitted++
+		}
+	}
+	assert.LessOrEqual(t, admitted, capacity, "never over-admitted")
+	t.Logf("kill -9: %d of %d admitted; the dead lease held %d", admitted, capacity, capacity-admitted)
+
+	conn, err := pgx.Connect(t.Context(), dsn)
+	require.NoError(t, err)
+	defer conn.Close(context.WithoutCancel(t.Context()))
+	live := func() int {
+		var n int
+		require.NoError(t, conn.QueryRow(t.Context(), `SELECT count(*) FROM client_leases
+			WHERE client_id = 'crash' AND expires_at > clock_timestamp() AND tokens > 0`).Scan(&n))
+		return n
+	}
+	eventually(t, func() bool { return live() == 0 }, "the dead lease expires")
+	assert.Less(t, time.Since(killed), 2*time.Second+5*time.Second, "within lease_ttl, give or take the checks")
+	require.NoError(t, survivor.stop())
+}

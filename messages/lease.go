@@ -1,0 +1,51 @@
+package messages
+
+import "time"
+
+// LeaseRenewal is one holder's report on its lease of one client's tokens,
+// and its ask for more (SPEC 9). A holder sends one per client per batch.
+type LeaseRenewal struct {
+	ClientID string
+	// Seq orders the holder's renewals: the store applies nothing from a
+	// renewal whose Seq is not above the last one it applied.
+	Seq int64
+	// Outstanding is how many leased tokens the holder still has, as of
+	// sending, not counting Handback. It only lowers the store's count: a
+	// holder never gains tokens by reporting more.
+	Outstanding float64
+	// Handback is tokens the holder gives back to the row.
+	Handback float64
+	// Want is how many whole tokens the holder asks for on top.
+	Want float64
+	// Debt is tokens the holder admitted without a lease while the store
+	// was away: the row pays them back, going below zero if it must.
+	Debt float64
+}
+
+// LeaseGrant is the store's answer to one LeaseRenewal, with what the
+// holder needs to check its copy of the client.
+type LeaseGrant struct {
+	ClientID string
+	// Applied is false for a renewal that arrived after a newer one: it
+	// changed nothing and Granted is 0.
+	Applied bool
+	// Granted is the holder's new lease minus the Outstanding it reported:
+	// add it to what the holder has now (never going below zero). It is
+	// negative when the lease shrank (capacity lowered, lease expired).
+	Granted float64
+	// RowTokens and Leased are the row's tokens and the sum of every live
+	// lease, this one included, after the renewal.
+	RowTokens float64
+	Leased    float64
+	// Holders counts the live leases, this one included if it is kept.
+	Holders int
+	// The client as stored now: a renewal heals a missed notification.
+	RatePerSec float64
+	Capacity   int64
+	KeyHash    KeyHash
+	// Version changes with every admin change to the client.
+	Version int64
+	// NextToken, when nothing was granted to a holder that wanted tokens,
+	// is how long until the row holds one.
+	NextToken time.Duration
+}
