@@ -142,3 +142,61 @@ func TestLeasedRateRaisedClearsDenyUntil(t *testing.T) {
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return s.admitN(t, key, 1) == 1 }, 5*time.Second, 10*time.Millisecond)
 }
+
+// hammer offers perSec requests a second for d, paced on the (virtual)
+// clock, and returns the admitted count.
+func (s *leasedSetup) hammer(t *testing.T, key string, perSec int, d time.Duration) int {
+	t.Helper()
+	ok := 0
+	every := time.Second / time.Duration(perSec)
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		ok += s.admitN(t, key, 1)
+		time.Sleep(every)
+	}
+	return ok
+}
+
+// TestLeasedOverLimitRunsOnScheduledTokens: a client offered ten times its
+// rate gets its rate, within one bucket's bound, from tokens scheduled
+// ahead: a few renewals a second, not one per admission, and its requests
+// almost never wait on the store.
+func TestLeasedOverLimitRunsOnScheduledTokens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := startLeased(t, "safe")
+		key := s.client(t, "a", 100, 5)
+		const run = 2 * time.Second
+		admitted := s.hammer(t, key, 1000, run)
+		calls := s.leases.calls.Load()
+		decided, waited := s.l.cfg.lease.decided.Load(), s.l.cfg.lease.waited.Load()
+		s.stop()
+		bound := 5 + 100*run.Seconds() + 1
+		t.Logf("admitted %d in %v (bound %.0f), %d renewals, %d of %d decisions waited", admitted, run, bound, calls, waited, decided)
+		assert.LessOrEqual(t, float64(admitted), bound)
+		assert.GreaterOrEqual(t, float64(admitted), 0.9*bound, "the rate is used")
+		assert.LessOrEqual(t, calls, int64(40), "a few renewals a second, not one per token")
+		assert.LessOrEqual(t, waited, decided/100, "requests rarely wait on the store")
+	})
+}
+
+// TestLeasedLoweredRateVoidsScheduledTokens: tokens scheduled ahead at the
+// old rate are given up when a PATCH lowers it; spent on their old times,
+// they would admit past the new limit.
+func TestLeasedLoweredRateVoidsScheduledTokens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := startLeased(t, "safe")
+		const capacity = 2
+		key := s.client(t, "a", 100, capacity)
+		s.hammer(t, key, 1000, 500*time.Millisecond)
+		rate := 1.0
+		_, err := s.l.UpdateLimits(context.Background(), "a", messages.Limits{RatePerSec: &rate})
+		require.NoError(t, err)
+		const window = 500 * time.Millisecond
+		admitted := s.hammer(t, key, 1000, window)
+		s.stop()
+		// One bucket under the new rate admits at most its capacity, the
+		// window's refill and the token a lease may hold.
+		bound := capacity + rate*window.Seconds() + 1
+		t.Logf("admitted %d in the %v after the PATCH (bound %.1f)", admitted, window, bound)
+		assert.LessOrEqual(t, float64(admitted), bound)
+	})
+}

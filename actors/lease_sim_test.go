@@ -12,7 +12,8 @@ import (
 // A simulation of N lease holders sharing one client's bucket, on a
 // virtual clock (nanoseconds): the holders run the real lease logic, the
 // store is simRow, a model of tollgate_renew_leases
-// (migrations/00010_leases.sql), and the round trips take random times.
+// (migrations/00011_scheduled_leases.sql), and the round trips take random
+// times.
 
 // simRow models one client's row and its leases as the SQL function
 // handles them.
@@ -71,18 +72,26 @@ func (r *simRow) renew(h int, q messages.LeaseRenewal, now int64) messages.Lease
 		g = min(want, max(math.Floor(avail/float64(n+1)), min(1, math.Floor(avail))))
 	}
 	g = max(g, 0)
-	r.tokens, r.last = avail-g, now
+	var s float64
+	if ahead := q.Ahead.Seconds(); want > g && g >= math.Floor(avail) && r.rate > 0 {
+		s = max(min(want-g, math.Floor(max(q.WantAhead, 0))-g,
+			max(math.Floor(r.rate*ahead/float64(n+1)), 1), math.Floor(avail+r.rate*ahead)-g), 0)
+	}
+	r.tokens, r.last = avail-g-s, now
 	holders := n
-	if mine+g > 0 || want > 0 {
-		r.leases[h] = &simLease{tokens: mine + g, seq: q.Seq, expires: now + r.ttl}
+	if mine+g+s > 0 || want > 0 {
+		r.leases[h] = &simLease{tokens: mine + g + s, seq: q.Seq, expires: now + r.ttl}
 		holders++
 	} else {
 		delete(r.leases, h)
 	}
-	gr := messages.LeaseGrant{Applied: true, Granted: mine + g - q.Outstanding, RowTokens: r.tokens,
-		Leased: others + mine + g, Holders: holders}
-	if g == 0 && want > 0 && r.tokens < 1 {
-		gr.NextToken = time.Duration((1 - r.tokens) / r.rate * 1e9)
+	gr := messages.LeaseGrant{Applied: true, Granted: mine + g + s - q.Outstanding, RowTokens: r.tokens,
+		Leased: others + mine + g + s, Holders: holders, RatePerSec: r.rate, Capacity: int64(r.capacity), Scheduled: s}
+	if s > 0 {
+		gr.FirstDue = time.Duration((1 - (avail - g)) / r.rate * 1e9)
+	}
+	if g == 0 && s == 0 && want > 0 && avail < 1 {
+		gr.NextToken = time.Duration((1 - avail) / r.rate * 1e9)
 	}
 	return gr
 }
@@ -290,7 +299,7 @@ func (s *sim) arrive(h int, now int64) {
 func (s *sim) send(h int, now int64) {
 	hd := s.hs[h]
 	s.sent++ // a fresh seq per renewal, as a batch number would be
-	q := hd.l.renewal(&s.p, now, s.sent, int64(s.cfg.capacity))
+	q := hd.l.renewal(&s.p, now, s.sent, int64(s.cfg.capacity), s.cfg.rate)
 	s.push(simEvent{at: now + s.latency(), kind: evApply, h: h, q: q})
 }
 

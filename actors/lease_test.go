@@ -102,12 +102,12 @@ func TestLeaseWant(t *testing.T) {
 		{"minus what is held", 50, 20.5, 100, 30},
 		{"at least one", 0, 0, 100, 1},
 		{"at least one even when held covers demand", 5, 10, 100, 1},
-		{"never above capacity", 500, 0, 100, 100},
+		{"never above capacity and a window's refill", 500, 0, 100, 120},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			l := lease{demand: tt.demand, since: -100_000 * ms, held: tt.held}
-			assert.Equal(t, tt.want, l.want(&p, 0, tt.capacity))
+			assert.Equal(t, tt.want, l.want(&p, 0, tt.capacity, 20))
 		})
 	}
 }
@@ -116,8 +116,8 @@ func TestLeaseRenewalAndGrant(t *testing.T) {
 	p := testPolicy()
 	l := lease{}
 	l.arrive(&p, 0)
-	r := l.renewal(&p, 1*ms, 7, 100)
-	assert.Equal(t, messages.LeaseRenewal{Seq: 7, Want: 5}, r, "one request, read as 4.5 per second")
+	r := l.renewal(&p, 1*ms, 7, 100, 20)
+	assert.Equal(t, messages.LeaseRenewal{Seq: 7, Want: 5, Ahead: 250 * time.Millisecond, WantAhead: 2}, r, "one request, read as 4.5 per second")
 	require.True(t, l.inflight)
 
 	l.granted(&p, 3*ms, messages.LeaseGrant{Applied: true, Granted: 5})
@@ -129,7 +129,7 @@ func TestLeaseRenewalAndGrant(t *testing.T) {
 
 	// Two spent while the next renewal is out: the grant is relative to
 	// what was reported.
-	r = l.renewal(&p, 10*ms, 8, 100)
+	r = l.renewal(&p, 10*ms, 8, 100, 20)
 	assert.Equal(t, 5.0, r.Outstanding)
 	require.True(t, l.take(11*ms))
 	require.True(t, l.take(12*ms))
@@ -140,7 +140,7 @@ func TestLeaseRenewalAndGrant(t *testing.T) {
 func TestLeaseGrantDenied(t *testing.T) {
 	p := testPolicy()
 	l := lease{}
-	l.renewal(&p, 100*ms, 1, 10)
+	l.renewal(&p, 100*ms, 1, 10, 20)
 	l.granted(&p, 102*ms, messages.LeaseGrant{Applied: true, NextToken: 300 * time.Millisecond})
 	assert.Equal(t, 400*ms, l.denyUntil, "cached from when the renewal was sent")
 	assert.True(t, l.denied(399*ms))
@@ -150,7 +150,7 @@ func TestLeaseGrantDenied(t *testing.T) {
 func TestLeaseGrantTooLate(t *testing.T) {
 	p := testPolicy()
 	l := lease{}
-	l.renewal(&p, 0, 1, 10)
+	l.renewal(&p, 0, 1, 10, 20)
 	l.granted(&p, p.ttl, messages.LeaseGrant{Applied: true, Granted: 5})
 	assert.Zero(t, l.held, "an answer arriving after the margin is as good as expired")
 }
@@ -158,7 +158,7 @@ func TestLeaseGrantTooLate(t *testing.T) {
 func TestLeaseIdleHandback(t *testing.T) {
 	p := testPolicy()
 	l := lease{held: 7, expires: 5000 * ms, used: 0, arrived: 0}
-	r := l.renewal(&p, 1000*ms, 2, 10)
+	r := l.renewal(&p, 1000*ms, 2, 10, 20)
 	assert.Equal(t, messages.LeaseRenewal{Seq: 2, Handback: 7}, r)
 	assert.Zero(t, l.held)
 }
@@ -166,7 +166,7 @@ func TestLeaseIdleHandback(t *testing.T) {
 func TestLeaseFailedRenewal(t *testing.T) {
 	p := testPolicy()
 	l := lease{held: 7, expires: 5000 * ms}
-	l.renewal(&p, 1000*ms, 2, 10) // idle: hands 7 back
+	l.renewal(&p, 1000*ms, 2, 10, 20) // idle: hands 7 back
 	l.failed(1100 * ms)
 	assert.False(t, l.inflight)
 	assert.Zero(t, l.held, "a handback whose fate is unknown counts as given")
@@ -177,8 +177,89 @@ func TestLeaseFailedRenewal(t *testing.T) {
 func TestLeaseStaleGrantChangesNothing(t *testing.T) {
 	p := testPolicy()
 	l := lease{held: 3, expires: 5000 * ms, used: 900 * ms, arrived: 900 * ms}
-	l.renewal(&p, 1000*ms, 2, 10)
+	l.renewal(&p, 1000*ms, 2, 10, 20)
 	l.granted(&p, 1001*ms, messages.LeaseGrant{Applied: false})
 	assert.Equal(t, 3.0, l.held)
 	assert.Equal(t, 5000*ms, l.expires)
+}
+
+// TestLeaseScheduledTokensFallDueInOrder: tokens scheduled ahead are
+// spent one by one at their times, never before, and a request before the
+// next one is refused with its time, without asking the store.
+func TestLeaseScheduledTokensFallDueInOrder(t *testing.T) {
+	p := testPolicy()
+	l := lease{}
+	l.arrive(&p, 0)
+	l.renewal(&p, 0, 1, 10, 100)
+	l.granted(&p, 1*ms, messages.LeaseGrant{Applied: true, Granted: 3, Scheduled: 3,
+		FirstDue: 5 * time.Millisecond, RatePerSec: 100})
+	assert.Equal(t, 0.0, l.held)
+	assert.Equal(t, 3.0, l.total(), "the store counts them as leased")
+	assert.False(t, l.take(5*ms), "due 5 ms after the reply, not after the send")
+	assert.True(t, l.denied(5*ms))
+	assert.Equal(t, 6*ms, l.nextToken())
+	assert.True(t, l.take(6*ms))
+	assert.False(t, l.take(15*ms), "one every 10 ms at 100/s")
+	assert.Equal(t, 16*ms, l.nextToken())
+	assert.True(t, l.take(30*ms))
+	assert.True(t, l.take(30*ms), "both due by then")
+	assert.False(t, l.take(30*ms))
+	assert.Zero(t, l.total())
+	assert.False(t, l.denied(30*ms), "nothing scheduled: ask the store")
+}
+
+// TestLeaseScheduledGrantsMerge: a second run of scheduled tokens merges
+// with the first into one that is never early for either.
+func TestLeaseScheduledGrantsMerge(t *testing.T) {
+	tests := []struct {
+		name         string
+		first, step  int64 // the new run
+		wantAt       int64
+		wantStep     int64
+		wantSchedule float64
+	}{
+		{"contiguous", 120 * ms, 10 * ms, 100 * ms, 10 * ms, 5},
+		{"overlapping: the old run keeps its times", 115 * ms, 10 * ms, 100 * ms, 10 * ms, 5},
+		{"after a gap: the whole run moves later", 130 * ms, 10 * ms, 110 * ms, 10 * ms, 5},
+		{"a slower rate: the slower step", 120 * ms, 20 * ms, 100 * ms, 20 * ms, 5},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := lease{sched: 2, schedAt: 100 * ms, step: 10 * ms}
+			l.schedule(tt.first, tt.step, 3)
+			assert.Equal(t, tt.wantSchedule, l.sched)
+			assert.Equal(t, tt.wantAt, l.schedAt)
+			assert.Equal(t, tt.wantStep, l.step)
+			// Never early: the k-th token of the merged run is due no
+			// sooner than in the run it came from.
+			for k := range 5 {
+				due := l.schedAt + int64(k)*l.step
+				if k < 2 {
+					assert.GreaterOrEqual(t, due, 100*ms+int64(k)*10*ms, "old token %d", k)
+				} else {
+					assert.GreaterOrEqual(t, due, tt.first+int64(k-2)*tt.step, "new token %d", k-2)
+				}
+			}
+		})
+	}
+}
+
+// TestLeaseScheduledShrinkAndCool: a lease the store shrank loses its
+// scheduled tokens first; scheduled tokens nobody asks for go back.
+func TestLeaseScheduledShrinkAndCool(t *testing.T) {
+	p := testPolicy()
+	l := lease{held: 2, sched: 3, schedAt: 50 * ms, step: 10 * ms, expires: p.ttl}
+	l.arrive(&p, 0)
+	l.renewal(&p, 0, 1, 10, 100)
+	l.granted(&p, 1*ms, messages.LeaseGrant{Applied: true, Granted: -4, RatePerSec: 100})
+	assert.Equal(t, 0.0, l.sched, "the latest tokens go first")
+	assert.Equal(t, 1.0, l.held)
+
+	l = lease{sched: 3, schedAt: 500 * ms, step: 10 * ms, expires: p.ttl, seq: 1}
+	l.arrive(&p, 0)
+	assert.Equal(t, renewSoon, l.needRenewal(&p, p.cool, false), "cooled")
+	r := l.renewal(&p, p.cool, 2, 10, 100)
+	assert.Equal(t, 3.0, r.Handback)
+	assert.Zero(t, r.Want, "it asks for nothing")
+	assert.Zero(t, l.total())
 }

@@ -31,13 +31,14 @@ type SharedBuckets struct {
 }
 
 // Batching of renewals: a request waiting for its lease is batched within
-// leaseUrgentDelay, a lease running low within leaseSoonDelay, and every
-// leaseTick all leases are looked at (idle ones handed back, held ones
-// reported and kept alive).
+// leaseUrgentDelay, a lease running low within leaseSoonDelay. Every
+// leaseTick the leases holding tokens scheduled ahead are looked at (those
+// nobody asks for go back), and every other tick all leases (idle ones
+// handed back, held ones reported and kept alive).
 const (
 	leaseUrgentDelay = time.Millisecond
 	leaseSoonDelay   = 10 * time.Millisecond
-	leaseTick        = 100 * time.Millisecond
+	leaseTick        = 50 * time.Millisecond
 	leaseMaxInflight = 2
 	// leaseRenewTimeout is above the statement's lock_timeout (0.5 s), so
 	// a renewal stuck behind a lock fails in the server before the
@@ -134,6 +135,7 @@ func (x *Leaser) Run(ctx context.Context) error {
 	wake := time.NewTimer(time.Hour)
 	wake.Stop()
 	waking := false // wake is armed
+	ticks := 0
 	arm := func(d time.Duration) {
 		if at := time.Now().Add(d); batchAt.IsZero() || at.Before(batchAt) {
 			batchAt = at
@@ -149,7 +151,8 @@ func (x *Leaser) Run(ctx context.Context) error {
 			x.release(context.WithoutCancel(ctx))
 			return nil
 		case <-tick.C:
-			x.send(ctx, true)
+			ticks++
+			x.send(ctx, ticks%2 == 0)
 		case <-x.ls.urgent:
 			arm(leaseUrgentDelay)
 			// Requests wait at most leaseMaxWait: answer them then, renewed

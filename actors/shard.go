@@ -142,6 +142,10 @@ type shard struct {
 	touched map[uint64]struct{} // during a resync: keys indexed or dropped since its mark
 	// leaseDue holds the leased entries that may need a renewal.
 	leaseDue map[messages.KeyHash]struct{}
+	// leaseSched holds the leased entries with tokens scheduled ahead:
+	// looked at on every collect, so that those nobody asks for go back
+	// within a tick, not a full look.
+	leaseSched map[messages.KeyHash]struct{}
 }
 
 func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
@@ -155,7 +159,8 @@ func newShard(cfg *limiterConfig, log *slog.Logger) *shard {
 		cache:   make(map[messages.KeyHash]*entry),
 		loading: make(map[messages.KeyHash]*pendingLoad),
 		// Empty and unused without leases.
-		leaseDue: make(map[messages.KeyHash]struct{}),
+		leaseDue:   make(map[messages.KeyHash]struct{}),
+		leaseSched: make(map[messages.KeyHash]struct{}),
 	}
 }
 

@@ -51,10 +51,11 @@ type leased struct {
 	// safe is the local bucket of safe mode: the store did not answer and
 	// the lease is spent. It holds this instance's share of the bucket.
 	safe *bucket
-	// safeBack is the lease moved into safe, to hand back; safeSpent the
-	// admissions made from safe not yet reported as debt, debtSent those
-	// reported in the renewal in flight.
-	safeBack, safeSpent, debtSent float64
+	// back is tokens to hand back with the next renewal: the lease moved
+	// into safe, or tokens scheduled ahead under limits that changed.
+	// safeSpent is the admissions made from safe not yet reported as
+	// debt, debtSent those reported in the renewal in flight.
+	back, safeSpent, debtSent float64
 	// reportSeq is the renewal that carried safe mode's report: only its
 	// answer ends safe mode.
 	reportSeq int64
@@ -160,10 +161,10 @@ func (s *shard) decideLeased(e *entry, h messages.KeyHash, now, bnow int64) (adm
 // leasedReply is the decision as this instance sees the bucket.
 func (s *shard) leasedReply(e *entry, ok bool, now int64) admitReply {
 	lz := e.lz
-	e.b.tokens = min(float64(e.b.capacity), max(lz.l.held+lz.row+lz.backSent, 0))
+	e.b.tokens = min(float64(e.b.capacity), max(lz.l.total()+lz.row+lz.backSent, 0))
 	d := e.b.decision(ok)
-	if !ok && lz.l.denyUntil > now {
-		d.RetryAfter = max(d.RetryAfter, time.Duration(lz.l.denyUntil-now))
+	if next := lz.l.nextToken(); !ok && next > now {
+		d.RetryAfter = max(d.RetryAfter, time.Duration(next-now))
 	}
 	d.ClientID = e.clientID
 	return admitReply{d: d}
@@ -191,10 +192,11 @@ func (s *shard) storeDownReply(e *entry, h messages.KeyHash, bnow int64) admitRe
 			tokens: min(float64(capacity), max(lz.row+lz.backSent, 0)/n)}
 		lz.safe.refill(bnow)
 		// The lease goes into the share: handed back at the next renewal,
-		// since what it bought is counted as debt from now on.
+		// since what it bought is counted as debt from now on. Tokens
+		// scheduled ahead are the share's refill: handed back too.
 		lz.safe.tokens = min(float64(capacity), lz.safe.tokens+lz.l.held)
-		lz.safeBack += lz.l.held
-		lz.l.held = 0
+		lz.back += lz.l.total()
+		lz.l.held, lz.l.sched = 0, 0
 	}
 	ok := lz.safe.take(bnow)
 	if ok {
@@ -237,12 +239,12 @@ func (s *shard) leaseCollect(m *leaseCollectMsg) []leaseOut {
 			q = lz.l.release(now, m.seq)
 		case lz.l.needRenewal(p, now, len(lz.waiters) > 0) != renewNone,
 			lz.owes() && !lz.l.inflight && now >= lz.l.retryAt:
-			q = lz.l.renewal(p, now, m.seq, e.b.capacity)
+			q = lz.l.renewal(p, now, m.seq, e.b.capacity, e.b.rate)
 		default:
 			return
 		}
 		q.ClientID, lz.backSent = e.clientID, q.Handback
-		if lz.safe != nil || lz.safeSpent > 0 {
+		if lz.owes() {
 			s.reportSafe(lz, &q)
 		}
 		out = append(out, leaseOut{hash: h, q: q})
@@ -258,6 +260,15 @@ func (s *shard) leaseCollect(m *leaseCollectMsg) []leaseOut {
 			if e, ok := s.cache[h]; ok && e.lz != nil {
 				visit(h, e)
 			}
+		}
+		for h := range s.leaseSched {
+			if e, ok := s.cache[h]; ok && e.lz != nil && e.lz.l.sched > 0 {
+				if _, done := s.leaseDue[h]; !done {
+					visit(h, e)
+				}
+				continue
+			}
+			delete(s.leaseSched, h)
 		}
 	}
 	clear(s.leaseDue)
@@ -281,6 +292,9 @@ func (s *shard) leaseResult(m *leaseResultMsg) {
 		}
 		g := in.g
 		lz.l.granted(p, now, g)
+		if lz.l.sched > 0 {
+			s.leaseSched[in.hash] = struct{}{}
+		}
 		if g.Applied {
 			s.settleSafe(lz, m.seq)
 			lz.row, lz.rowAt, lz.holders = g.RowTokens, bnow, g.Holders
@@ -359,21 +373,24 @@ func dropLeased(e *entry) {
 // leaseBusy reports whether an entry must stay cached for its lease: it
 // holds tokens not yet handed back, a renewal is out, or requests wait.
 func leaseBusy(e *entry) bool {
-	return e.lz != nil && (e.lz.l.held > 0 || e.lz.l.inflight || len(e.lz.waiters) > 0 || e.lz.owes())
+	return e.lz != nil && (e.lz.l.total() > 0 || e.lz.l.inflight || len(e.lz.waiters) > 0 || e.lz.owes())
 }
 
-// owes reports whether safe mode has something to report to the row.
-func (lz *leased) owes() bool { return lz.safe != nil || lz.safeSpent > 0 || lz.safeBack > 0 }
+// owes reports whether the lease has something to report to the row
+// besides its renewal: safe mode's, or tokens to hand back.
+func (lz *leased) owes() bool { return lz.safe != nil || lz.safeSpent > 0 || lz.back > 0 }
 
-// reportSafe adds to a renewal what safe mode owes the row: the lease it
-// took in (handed back once: if that renewal is lost, so are the tokens)
-// and the admissions since (debt, sent again until applied). The row pays
-// the debt at once, so with one instance the bucket ends where the local
-// one did, bar refill it could not add while full.
+// reportSafe adds to a renewal what the lease owes the row: tokens to
+// hand back (once: if that renewal is lost, so are the tokens) and safe
+// mode's admissions (debt, sent again until applied). The row pays the
+// debt at once, so with one instance the bucket ends where the local one
+// did, bar refill it could not add while full.
 func (s *shard) reportSafe(lz *leased, q *messages.LeaseRenewal) {
-	q.Handback += lz.safeBack
-	lz.safeBack = 0
-	q.Debt, lz.debtSent, lz.reportSeq = lz.safeSpent, lz.safeSpent, q.Seq
+	q.Handback += lz.back
+	lz.back = 0
+	if lz.safe != nil || lz.safeSpent > 0 {
+		q.Debt, lz.debtSent, lz.reportSeq = lz.safeSpent, lz.safeSpent, q.Seq
+	}
 }
 
 // settleSafe leaves safe mode once the renewal that reported it went
@@ -387,8 +404,8 @@ func (s *shard) settleSafe(lz *leased, seq int64) {
 	}
 	if lz.reportSeq != seq {
 		if lz.safe != nil {
-			lz.safeBack += lz.l.held
-			lz.l.held = 0
+			lz.back += lz.l.total()
+			lz.l.held, lz.l.sched = 0, 0
 		}
 		return
 	}
@@ -420,11 +437,14 @@ func adoptLease(e *entry, lz *leased) {
 }
 
 // shrinkLease follows a change of limits at once: a lease within a
-// lowered capacity (the next renewal shrinks it to its fair part), and no
-// "no token before" learnt under the old rate.
+// lowered capacity (the next renewal shrinks it to its fair part), no
+// "no token before" learnt under the old rate, and no tokens scheduled
+// ahead at the old rate (a lowered one would make them early): they go
+// back to the row with the next renewal.
 func shrinkLease(e *entry) {
 	if e.lz != nil {
 		e.lz.l.held = min(e.lz.l.held, float64(e.b.capacity))
 		e.lz.l.denyUntil = 0
+		e.lz.back += e.lz.l.dropScheduled()
 	}
 }

@@ -20,6 +20,13 @@ type LeaseRenewal struct {
 	// Debt is tokens the holder admitted without a lease while the store
 	// was away: the row pays them back, going below zero if it must.
 	Debt float64
+	// Ahead is how far ahead a holder that takes every token the row has
+	// may be granted tokens the row has not refilled yet (Scheduled), and
+	// WantAhead how many tokens in all it expects to spend by then: past
+	// its limit, a client costs a few renewals a second, and its requests
+	// wait for none.
+	Ahead     time.Duration
+	WantAhead float64
 }
 
 // LeaseGrant is the store's answer to one LeaseRenewal, with what the
@@ -48,4 +55,10 @@ type LeaseGrant struct {
 	// NextToken, when nothing was granted to a holder that wanted tokens,
 	// is how long until the row holds one.
 	NextToken time.Duration
+	// Scheduled is how many of the tokens in Granted are not due yet:
+	// the first falls due FirstDue after the store applied the renewal,
+	// the others one by one at RatePerSec. The row went below zero by
+	// them, so that it refills them for this holder alone.
+	Scheduled float64
+	FirstDue  time.Duration
 }

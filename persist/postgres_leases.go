@@ -31,7 +31,9 @@ type LeaseStore interface {
 var _ LeaseStore = (*Postgres)(nil)
 
 // RenewLeases implements LeaseStore with tollgate_renew_leases
-// (migrations/00010_leases.sql): one round trip for the whole batch.
+// (migrations/00010_leases.sql, 00011_scheduled_leases.sql): one round
+// trip for the whole batch. The batch's horizon for tokens scheduled ahead
+// is the longest of its renewals'.
 // Renewals with unstorable client ids name no client and are skipped; two
 // renewals of one client in a batch keep the last.
 func (p *Postgres) RenewLeases(ctx context.Context, holder string, ttl time.Duration, rs []messages.LeaseRenewal) ([]messages.LeaseGrant, error) {
@@ -45,25 +47,29 @@ func (p *Postgres) RenewLeases(ctx context.Context, holder string, ttl time.Dura
 	backs := make([]float64, len(rs))
 	wants := make([]float64, len(rs))
 	debts := make([]float64, len(rs))
+	aheads := make([]float64, len(rs))
+	var ahead time.Duration
 	for i, r := range rs {
 		ids[i], seqs[i], outs[i], backs[i], wants[i], debts[i] = r.ClientID, r.Seq, r.Outstanding, r.Handback, r.Want, r.Debt
+		aheads[i], ahead = r.WantAhead, max(ahead, r.Ahead)
 	}
 	ctx, cancel := opContext(ctx)
 	defer cancel()
 	rows, _ := p.pool.Query(ctx, `SELECT id, applied, granted, row_tokens, leased,
-			holders, rate, cap, key_hash, version, next_token
-		FROM tollgate_renew_leases($1, $2, $3, $4, $5, $6, $7, $8)`,
-		holder, ttl.Seconds(), ids, seqs, outs, backs, wants, debts)
+			holders, rate, cap, key_hash, version, next_token, scheduled, first_due
+		FROM tollgate_renew_leases($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
+		holder, ttl.Seconds(), ids, seqs, outs, backs, wants, debts, ahead.Seconds(), aheads)
 	defer rows.Close()
 	grants := make([]messages.LeaseGrant, 0, len(rs))
 	var (
-		g    messages.LeaseGrant
-		hash []byte
-		next float64
+		g     messages.LeaseGrant
+		hash  []byte
+		next  float64
+		first float64
 	)
 	for rows.Next() {
 		if err := rows.Scan(&g.ClientID, &g.Applied, &g.Granted, &g.RowTokens, &g.Leased,
-			&g.Holders, &g.RatePerSec, &g.Capacity, &hash, &g.Version, &next); err != nil {
+			&g.Holders, &g.RatePerSec, &g.Capacity, &hash, &g.Version, &next, &g.Scheduled, &first); err != nil {
 			return nil, p.wrap("renew leases", err)
 		}
 		if len(hash) != len(g.KeyHash) {
@@ -71,6 +77,7 @@ func (p *Postgres) RenewLeases(ctx context.Context, holder string, ttl time.Dura
 		}
 		copy(g.KeyHash[:], hash)
 		g.NextToken = time.Duration(next * float64(time.Second))
+		g.FirstDue = time.Duration(first * float64(time.Second))
 		grants = append(grants, g)
 	}
 	if err := rows.Err(); err != nil {
@@ -79,7 +86,9 @@ func (p *Postgres) RenewLeases(ctx context.Context, holder string, ttl time.Dura
 	return grants, nil
 }
 
-// SharedTokens implements LeaseStore in one read; it changes nothing.
+// SharedTokens implements LeaseStore in one read; it changes nothing. A
+// row below zero by tokens scheduled ahead counts against the leases that
+// hold them: they are not refilled yet.
 func (p *Postgres) SharedTokens(ctx context.Context, ids []string) (map[string]float64, error) {
 	out := make(map[string]float64, len(ids))
 	if len(ids) == 0 {
@@ -90,7 +99,7 @@ func (p *Postgres) SharedTokens(ctx context.Context, ids []string) (map[string]f
 	rows, _ := p.pool.Query(ctx, `SELECT c.client_id,
 			GREATEST(LEAST(c.tokens + c.rate_per_sec *
 				GREATEST(extract(epoch FROM clock_timestamp() - c.last_refill), 0),
-				c.capacity - l.leased), 0) + l.leased
+				c.capacity - l.leased) + l.leased, 0)
 		FROM clients c
 		CROSS JOIN LATERAL (SELECT COALESCE(sum(tokens), 0) AS leased FROM client_leases
 			WHERE client_id = c.client_id AND expires_at > clock_timestamp()) l

@@ -127,6 +127,43 @@ func TestRenewLeasesDenyReturnsNextToken(t *testing.T) {
 	}
 }
 
+// TestRenewLeasesSchedulesTheNextTokens: a holder that takes every token
+// the row has and wants more is granted the next tokens the row refills
+// within Ahead, no more than WantAhead, due one by one from FirstDue; the
+// row goes below zero by them, so another holder gets nothing before
+// they are refilled, and row plus leases stays within capacity.
+func TestRenewLeasesSchedulesTheNextTokens(t *testing.T) {
+	db := newLeaseDB(t)
+	db.client(t, "a", 10, 40)
+	db.client(t, "b", 10, 40)
+	ahead := 250 * time.Millisecond
+	gs := db.renew(t, "h1", 5*time.Second,
+		messages.LeaseRenewal{ClientID: "a", Seq: 1, Want: 30, Ahead: ahead, WantAhead: 30},
+		messages.LeaseRenewal{ClientID: "b", Seq: 1, Want: 30, Ahead: ahead, WantAhead: 12})
+	a := gs["a"]
+	require.True(t, a.Applied)
+	assert.Equal(t, 10.0, a.Scheduled, "a quarter second of refill at 40/s")
+	assert.Equal(t, 20.0, a.Granted, "the row's 10 and the 10 scheduled")
+	assert.Positive(t, a.FirstDue)
+	assert.LessOrEqual(t, a.FirstDue, 25*time.Millisecond, "the first is the row's next token")
+	assert.Zero(t, a.NextToken, "something was granted")
+	assert.Equal(t, 2.0, gs["b"].Scheduled, "no more than WantAhead in all")
+	row, leased := db.total(t, "a")
+	assert.InDelta(t, -10, row, 1, "the row owes the scheduled tokens")
+	assert.LessOrEqual(t, row+leased, 10.0+1e-9)
+	shared, err := db.store.SharedTokens(context.Background(), []string{"a"})
+	require.NoError(t, err)
+	assert.InDelta(t, 10, shared["a"], 2, "tokens counts the row and the leases, scheduled ones included")
+
+	// Another holder finds nothing before the scheduled tokens are refilled.
+	gs = db.renew(t, "h2", 5*time.Second, messages.LeaseRenewal{ClientID: "a", Seq: 1, Want: 5, Ahead: ahead, WantAhead: 5})
+	g := gs["a"]
+	require.True(t, g.Applied)
+	assert.Zero(t, g.Granted)
+	assert.Zero(t, g.Scheduled)
+	assert.Greater(t, g.NextToken, 200*time.Millisecond, "after h1's ten")
+}
+
 func TestRenewLeasesHandbackAndRelease(t *testing.T) {
 	db := newLeaseDB(t)
 	db.client(t, "a", 10, slowRate)
