@@ -8,6 +8,9 @@
 #   BENCH_PART=peers scripts/bench.sh    # the peer comparison only
 #   BENCH_PART=latency scripts/bench.sh  # fixed-rate latency, Tollgate vs gopool
 #   BENCH_PART=cluster scripts/bench.sh  # N instances sharing buckets (scripts/cluster-bench.sh)
+#   BENCH_STORE=postgres scripts/bench.sh # Tollgate on PostgreSQL (DATABASE_URL, else a
+#                                         # throwaway server), its bucket leased
+#                                         # (the default is the embedded store)
 #
 # The peer run's knobs (ROUNDS, CONNS, DURATION, PEERS, LAYOUT, ...) pass
 # through; see the header of bench/peers.sh. Results go to bench/results/
@@ -51,14 +54,23 @@ go build -o bin/ ./cmd/tollgate
 # A bench config: the harness's two backends, one client with a rate no run
 # can exhaust, metrics on (they always are), access log off, embedded store.
 work=$(mktemp -d -t tollgate-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+source scripts/pg-throwaway.sh
+trap 'pg_throwaway_stop; rm -rf "$work"' EXIT
+store="\"state_file\": \"$work/bench.db\""
+if [[ ${BENCH_STORE:-embedded} == postgres ]]; then
+	# Shared buckets through leases (SPEC 9): one hot client on PostgreSQL.
+	[[ -n ${DATABASE_URL:-} ]] || pg_throwaway
+	store="\"database_url\": \"$DATABASE_URL\""
+else
+	unset DATABASE_URL # it would take precedence over the config file
+fi
 key=bench-key-0123456789abcdef
 cat >"$work/bench.json" <<JSON
 {
   "port": 18095,
   "admin_port": 18097,
   "log_level": "warn",
-  "state_file": "$work/bench.db",
+  $store,
   "load_balancer": {
     "backend_urls": ["http://127.0.0.1:18081", "http://127.0.0.1:18082"],
     "health_check_interval": 5,

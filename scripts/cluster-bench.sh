@@ -17,35 +17,9 @@ RESULTS=bench/results
 mkdir -p "$RESULTS"
 out="$RESULTS/cluster-$(date -u +%Y%m%dT%H%M%SZ).md"
 
-pg_tmp=""
-cleanup() {
-	if [[ -n $pg_tmp ]]; then
-		as_pg "$pg_bin/pg_ctl" -D "$pg_tmp/data" stop -m immediate -w >/dev/null 2>&1 || true
-		rm -rf "$pg_tmp"
-	fi
-}
-as_pg() {
-	if [[ $EUID -eq 0 ]]; then (cd "$pg_tmp" && runuser -u postgres -- "$@"); else (cd "$pg_tmp" && "$@"); fi
-}
-trap cleanup EXIT
-
-if [[ -z ${DATABASE_URL:-} ]]; then
-	pg_bin=$(scripts/pg-bindir.sh)
-	pg_tmp=$(mktemp -d -t tollgate-cluster-pg.XXXXXX)
-	[[ $EUID -ne 0 ]] || chown postgres: "$pg_tmp"
-	as_pg "$pg_bin/initdb" -D "$pg_tmp/data" -A trust -U postgres -E UTF8 --no-sync >"$pg_tmp/initdb.log"
-	# A random port may be taken: try a few.
-	for attempt in 1 2 3 4 5; do
-		port=$((20000 + RANDOM % 40000))
-		if as_pg "$pg_bin/pg_ctl" -D "$pg_tmp/data" -l "$pg_tmp/postgres.log" -w -t 60 \
-			-o "-F -k $pg_tmp -p $port -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c max_connections=200" \
-			start >/dev/null; then
-			break
-		fi
-		[[ $attempt -lt 5 ]] || { tail -n 20 "$pg_tmp/postgres.log" >&2; exit 1; }
-	done
-	export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
-fi
+source scripts/pg-throwaway.sh
+trap pg_throwaway_stop EXIT
+[[ -n ${DATABASE_URL:-} ]] || pg_throwaway
 
 echo "--- cluster: N = 1, 2, 4 instances, one shared bucket (capacity 50, rate 50/s)"
 CLUSTER_BENCH=1 go test -v -count=1 -timeout 30m -run '^TestClusterBench$' ./cmd/tollgate/ \
