@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/tollgate/tollgate/messages"
@@ -78,11 +79,12 @@ type Leaser struct {
 	done    chan struct{}
 
 	// Owned by the Run goroutine.
-	seq        int64
-	inflight   int
-	pending    bool // a batch was due while leaseMaxInflight were out
-	statements int64
-	renewals   int64
+	seq      int64
+	inflight int
+	pending  bool // a batch was due while leaseMaxInflight were out
+
+	// Counts for Stats, read from any goroutine.
+	statements, renewals, failures atomic.Int64
 }
 
 type leaseBatch struct {
@@ -198,8 +200,8 @@ func (x *Leaser) send(ctx context.Context, full bool) {
 		}
 	}
 	x.inflight++
-	x.statements++
-	x.renewals += int64(n)
+	x.statements.Add(1)
+	x.renewals.Add(int64(n))
 	seq := x.seq
 	// Run waits for this goroutine: inflight counts it, and Run receives
 	// its result before returning.
@@ -216,6 +218,9 @@ func (x *Leaser) send(ctx context.Context, full bool) {
 // store is reachable.
 func (x *Leaser) deliver(ctx context.Context, b leaseBatch) {
 	x.inflight--
+	if b.err != nil {
+		x.failures.Add(1)
+	}
 	switch {
 	case b.err == nil:
 		if x.ls.down.Swap(false) {
@@ -252,8 +257,9 @@ func (x *Leaser) deliver(ctx context.Context, b leaseBatch) {
 func (x *Leaser) release(ctx context.Context) {
 	x.seq++
 	outs, n, err := x.lim.leaseCollect(ctx, &leaseCollectMsg{seq: x.seq, final: true})
-	stats := []any{"statements", x.statements, "renewals", x.renewals,
-		"decisions", x.ls.decided.Load(), "waited", x.ls.waited.Load()}
+	st := x.Stats()
+	stats := []any{"statements", st.Statements, "renewals", st.Renewals,
+		"decisions", st.Decisions, "waited", st.Waited}
 	if err != nil {
 		x.log.Error("leases not handed back", append(stats, slog.Any("err", err))...)
 		return
@@ -274,6 +280,19 @@ func (x *Leaser) release(ctx context.Context) {
 		}
 	}
 	x.log.Info("leases handed back", append(stats, "leases", n)...)
+}
+
+// Stats returns the Leaser's counts since it was made; safe from any
+// goroutine.
+func (x *Leaser) Stats() messages.LeaseStats {
+	return messages.LeaseStats{
+		Statements:       x.statements.Load(),
+		Renewals:         x.renewals.Load(),
+		FailedStatements: x.failures.Load(),
+		Decisions:        x.ls.decided.Load(),
+		Waited:           x.ls.waited.Load(),
+		StoreDown:        x.ls.down.Load(),
+	}
 }
 
 // leaseCollect asks every shard for what is due; n counts the renewals.

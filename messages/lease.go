@@ -62,3 +62,15 @@ type LeaseGrant struct {
 	Scheduled float64
 	FirstDue  time.Duration
 }
+
+// LeaseStats is one instance's lease figures (SPEC 9), for its metrics:
+// counts since start, and whether renewals fail for want of the store now.
+type LeaseStats struct {
+	// Statements are renewal batches sent, Renewals the clients in them,
+	// FailedStatements the batches that failed or got no answer.
+	Statements, Renewals, FailedStatements int64
+	// Decisions are requests decided on leased buckets, Waited those of
+	// them that waited for a renewal.
+	Decisions, Waited int64
+	StoreDown         bool
+}

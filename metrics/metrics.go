@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tollgate/tollgate/messages"
 )
 
 // namespace prefixes every Tollgate family.
@@ -186,6 +188,37 @@ func (m *Metrics) CachedClients(n func() int) {
 		Namespace: namespace, Name: "cached_clients",
 		Help: "Clients whose buckets are cached in memory now.",
 	}, func() float64 { return float64(n()) }))
+}
+
+// Leases publishes the leaser's figures, read at each scrape: stats must
+// be safe to call from any goroutine; actors.Leaser.Stats is. Call it
+// once, and only with a store whose buckets are leased (PostgreSQL).
+func (m *Metrics) Leases(stats func() messages.LeaseStats) {
+	counter := func(name, help string, v func(messages.LeaseStats) int64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
+			func() float64 { return float64(v(stats())) })
+	}
+	m.reg.MustRegister(
+		counter("lease_statements_total", "Lease renewal statements sent to the store, one per batch.",
+			func(s messages.LeaseStats) int64 { return s.Statements }),
+		counter("lease_renewals_total", "Lease renewals sent, one per client in a batch.",
+			func(s messages.LeaseStats) int64 { return s.Renewals }),
+		counter("lease_statement_failures_total", "Lease renewal statements that failed or got no answer.",
+			func(s messages.LeaseStats) int64 { return s.FailedStatements }),
+		counter("lease_decisions_total", "Requests decided on leased buckets.",
+			func(s messages.LeaseStats) int64 { return s.Decisions }),
+		counter("lease_waits_total", "Decisions on leased buckets that waited for a renewal (at most 20 ms).",
+			func(s messages.LeaseStats) int64 { return s.Waited }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "lease_store_down",
+			Help: "1 while lease renewals fail for want of the store (store_down_policy decides), else 0.",
+		}, func() float64 {
+			if stats().StoreDown {
+				return 1
+			}
+			return 0
+		}),
+	)
 }
 
 // ConfigReloaded counts one configuration reload that succeeded or not.

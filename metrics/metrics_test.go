@@ -241,6 +241,26 @@ func TestCachedClientsIsReadAtScrape(t *testing.T) {
 	assert.Equal(t, 42.0, mt.GetGauge().GetValue())
 }
 
+func TestLeases(t *testing.T) {
+	m := metrics.New()
+	st := messages.LeaseStats{Statements: 3, Renewals: 7, FailedStatements: 1, Decisions: 1000, Waited: 2, StoreDown: true}
+	m.Leases(func() messages.LeaseStats { return st })
+	for name, want := range map[string]float64{
+		"tollgate_lease_statements_total":         3,
+		"tollgate_lease_renewals_total":           7,
+		"tollgate_lease_statement_failures_total": 1,
+		"tollgate_lease_decisions_total":          1000,
+		"tollgate_lease_waits_total":              2,
+	} {
+		mt := sample(t, m, name, nil)
+		require.NotNil(t, mt, name)
+		assert.Equal(t, want, mt.GetCounter().GetValue(), name)
+	}
+	assert.Equal(t, 1.0, sample(t, m, "tollgate_lease_store_down", nil).GetGauge().GetValue())
+	st.StoreDown = false
+	assert.Equal(t, 0.0, sample(t, m, "tollgate_lease_store_down", nil).GetGauge().GetValue(), "read at each scrape")
+}
+
 func TestConfigReloaded(t *testing.T) {
 	m := metrics.New()
 	m.ConfigReloaded(true)

@@ -11,6 +11,8 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/tollgate/tollgate/persist/pgtest"
 )
 
 // scrape reads GET /metrics from addr.
@@ -144,4 +146,31 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestMetricsLeases: with PostgreSQL, /metrics counts the leased
+// decisions and the renewals that fed them; with the embedded store the
+// lease families are absent.
+func TestMetricsLeases(t *testing.T) {
+	good := newOpsBackend(t)
+	hc := opsHTTPClient(t)
+	cfg := baseConfig(t, good.URL)
+	cfg["database_url"] = pgtest.New(t) // before start sets DATABASE_URL for the embedded one
+	embedded := start(t, baseConfig(t, good.URL))
+	_, ok := scrape(t, hc, embedded.addr)["tollgate_lease_decisions_total"]
+	assert.False(t, ok, "no leases without PostgreSQL")
+
+	in := start(t, cfg)
+	c := opsCreate(t, hc, in.addr, map[string]any{"client_id": "leased", "rate_per_sec": 1000, "capacity": 1000})
+	for range 20 {
+		opsGet(t, hc, in.addr, c.APIKey)
+	}
+	mfs := scrape(t, hc, in.addr)
+	assert.Equal(t, 20.0, metricValue(mfs, "tollgate_lease_decisions_total", nil))
+	assert.Positive(t, metricValue(mfs, "tollgate_lease_statements_total", nil))
+	assert.GreaterOrEqual(t, metricValue(mfs, "tollgate_lease_renewals_total", nil), metricValue(mfs, "tollgate_lease_statements_total", nil))
+	assert.LessOrEqual(t, metricValue(mfs, "tollgate_lease_waits_total", nil), 20.0)
+	assert.Zero(t, metricValue(mfs, "tollgate_lease_store_down", nil))
+	_, ok = mfs["tollgate_lease_store_down"]
+	assert.True(t, ok)
 }

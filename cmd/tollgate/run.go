@@ -241,6 +241,9 @@ func assemble(ctx context.Context, cfg *config.Config, store persist.Store, log 
 			RetryBudget:         retryBudget(lb),
 		}),
 	}
+	if a.leaser != nil {
+		m.Leases(a.leaser.Stats)
+	}
 	a.live.cfg = cfg
 	a.live.setDefaults(rl)
 	a.admin = httpapi.NewAdmin(httpapi.Options{
