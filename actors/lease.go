@@ -187,9 +187,20 @@ func (l *lease) nextToken() int64 {
 }
 
 // cooled reports whether tokens scheduled ahead went unasked for long
-// enough to be handed back.
+// enough to be handed back: cool, or three of the requests' usual gaps
+// for a client seldom seen here, at most the idle time.
 func (l *lease) cooled(p *leasePolicy, now int64) bool {
-	return l.sched > 0 && now-l.arrived >= p.cool
+	if l.sched <= 0 {
+		return false
+	}
+	quiet := now - l.arrived
+	if quiet < p.cool {
+		return false
+	}
+	if d := l.demandAt(p, l.arrived); d > 0 {
+		return quiet >= min(int64(3e9/d), p.idle)
+	}
+	return true
 }
 
 // dropScheduled gives up the tokens scheduled ahead, which the caller
@@ -245,7 +256,7 @@ func (l *lease) threshold(p *leasePolicy, now int64) float64 {
 	if l.sched > 0 {
 		d = min(d, l.rate)
 	}
-	return max(0.1*l.lastGrant, d*float64(l.latency+p.batch)/1e9, 1)
+	return max(0.1*l.lastGrant, d*float64(l.latency+p.batch)/1e9) + 1
 }
 
 // want is the size asked for: about a window of recent demand, at least
@@ -330,8 +341,10 @@ func (l *lease) granted(p *leasePolicy, now int64, g messages.LeaseGrant) {
 		l.lastGrant = g.Granted
 	}
 	l.renewBelow = l.threshold(p, now)
+	// The row's next token, also when the lease still holds some: once
+	// they are spent, requests before it are refused without asking.
 	l.denyUntil = 0
-	if l.total() < 1 && g.NextToken > 0 {
+	if g.NextToken > 0 {
 		l.denyUntil = l.sentAt + int64(g.NextToken)
 	}
 }

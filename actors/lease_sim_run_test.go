@@ -57,9 +57,10 @@ func TestLeaseSimulation(t *testing.T) {
 						assert.LessOrEqual(t, ex, 0.0, "window %v: %v over the bound", time.Duration(w), ex)
 					}
 					util := float64(len(res.admitted)) / float64(res.ideal)
-					t.Logf("N=%d load=%gx %-28s offered=%d admitted=%d ideal=%d utilisation=%.3f worst_window_vs_bound=%+.0f waited=%.2f%% renewals/s=%.1f",
+					t.Logf("N=%d load=%gx %-28s offered=%d admitted=%d ideal=%d utilisation=%.3f worst_window_vs_bound=%+.0f waited=%.2f%% (of decisions %.2f%%) renewals/s=%.1f",
 						n, load, name, res.offered, len(res.admitted), res.ideal, util, worst,
-						100*float64(res.waited)/float64(max(1, len(res.admitted))), float64(res.renewals)/(float64(duration)/1e9))
+						100*float64(res.waited)/float64(max(1, len(res.admitted))), 100*float64(res.waited)/float64(max(1, res.offered)),
+						float64(res.renewals)/(float64(duration)/1e9))
 				})
 			}
 		}

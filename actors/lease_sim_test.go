@@ -189,7 +189,7 @@ type sim struct {
 }
 
 const simUrgentBatch = 1 * ms // urgent renewals are batched this long
-const simTick = 100 * ms      // background renewal tick
+const simTick = 50 * ms       // background renewal tick, as leaseTick
 const simMaxWait = 20 * ms    // a request waits at most this long
 
 func runSim(cfg simConfig) simResult {

@@ -255,11 +255,28 @@ func TestLeaseScheduledShrinkAndCool(t *testing.T) {
 	assert.Equal(t, 0.0, l.sched, "the latest tokens go first")
 	assert.Equal(t, 1.0, l.held)
 
+	// A busy client (100 requests in a tenth of a second) cools after
+	// cool; one seen seldom, after three of its gaps.
 	l = lease{sched: 3, schedAt: 500 * ms, step: 10 * ms, expires: p.ttl, seq: 1}
-	l.arrive(&p, 0)
-	assert.Equal(t, renewSoon, l.needRenewal(&p, p.cool, false), "cooled")
-	r := l.renewal(&p, p.cool, 2, 10, 100)
+	for i := range int64(100) {
+		l.arrive(&p, i*ms)
+	}
+	quiet := l.arrived + p.cool
+	assert.Equal(t, renewSoon, l.needRenewal(&p, quiet, false), "cooled")
+	r := l.renewal(&p, quiet, 2, 10, 100)
 	assert.Equal(t, 3.0, r.Handback)
 	assert.Zero(t, r.Want, "it asks for nothing")
 	assert.Zero(t, l.total())
+}
+
+func TestLeaseSeldomClientCoolsAfterThreeGaps(t *testing.T) {
+	p := testPolicy()
+	l := lease{sched: 3, schedAt: 500 * ms, step: 10 * ms, expires: p.ttl}
+	for i := range int64(10) {
+		l.arrive(&p, i*100*ms) // ten a second
+	}
+	assert.False(t, l.cooled(&p, l.arrived+p.cool), "a gap is 100 ms here")
+	assert.False(t, l.cooled(&p, l.arrived+250*ms))
+	assert.True(t, l.cooled(&p, l.arrived+350*ms), "three gaps and then some")
+	assert.True(t, l.cooled(&p, l.arrived+p.idle))
 }
