@@ -2,6 +2,8 @@ package actors
 
 import (
 	"context"
+	"slices"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -103,8 +105,10 @@ func TestLeaserHandsBackAtShutdown(t *testing.T) {
 }
 
 // TestLeasedWaitIsBoundedWhenTheStoreHangs: a request whose lease is
-// empty waits for the renewal at most 20 ms, then is decided by the
-// store-down policy.
+// empty waits for the renewal at most 20 ms. A store that does not answer
+// may only be slow: the first such request is admitted on credit, the
+// next refused. Once the renewal times out, the store is down, and the
+// store-down policy decides: alone, the whole bucket.
 func TestLeasedWaitIsBoundedWhenTheStoreHangs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := startLeased(t, "safe")
@@ -113,10 +117,20 @@ func TestLeasedWaitIsBoundedWhenTheStoreHangs(t *testing.T) {
 		begun := time.Now()
 		d, err := s.l.Admit(context.Background(), key)
 		require.NoError(t, err)
-		assert.True(t, d.Allowed, "alone, safe mode holds the whole bucket: %+v", d)
+		assert.True(t, d.Allowed, "one token on credit: %+v", d)
 		assert.LessOrEqual(t, time.Since(begun), 25*time.Millisecond)
+		d, err = s.l.Admit(context.Background(), key)
+		require.NoError(t, err)
+		assert.False(t, d.Allowed, "one credit, not a guess at the bucket: %+v", d)
+		assert.Positive(t, d.RetryAfter)
+
+		time.Sleep(leaseRenewTimeout)
+		synctest.Wait()
+		require.True(t, s.l.cfg.lease.down.Load(), "the renewal timed out: the store is down")
+		assert.Equal(t, 4, s.admitN(t, key, 10), "alone, safe mode holds the whole bucket, less the credit")
 		s.leases.hang.Store(false)
 		s.stop()
+		assert.InDelta(t, 0, s.leases.total("a"), 0.01, "five admitted of five: the credit and safe mode's four are charged")
 	})
 }
 
@@ -198,5 +212,70 @@ func TestLeasedLoweredRateVoidsScheduledTokens(t *testing.T) {
 		bound := capacity + rate*window.Seconds() + 1
 		t.Logf("admitted %d in the %v after the PATCH (bound %.1f)", admitted, window, bound)
 		assert.LessOrEqual(t, float64(admitted), bound)
+	})
+}
+
+// TestLeasedSlowStoreUnknownSharesGetOneCredit: a store slower than the 20 ms a
+// request waits for its renewal. Four instances start serving a client
+// offered a hundred times its rate; until the store has answered them,
+// none knows how many hold the client, so a request that waits too long
+// gets one token on credit, then refusals, not a local share of the row
+// as each last loaded it (full: four buckets). Admissions stay within one
+// bucket's bound, plus what the store-down policy adds once their shares
+// are known: each instance's share of the bucket (capacity in all).
+func TestLeasedSlowStoreUnknownSharesGetOneCredit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		store := newMemStore()
+		leases := newModelLeases(store)
+		const (
+			n        = 4
+			rate     = 5
+			capacity = 20
+			run      = 3 * time.Second
+			window   = time.Second
+		)
+		ins := make([]*leasedSetup, n)
+		for i := range ins {
+			ins[i] = startLeasedOn(t, "safe", store, leases)
+		}
+		key := ins[0].client(t, "a", rate, capacity)
+		for _, s := range ins[1:] {
+			// It learns the key as its periodic resync would.
+			require.NoError(t, s.l.Resync(context.Background(), false))
+		}
+		leases.delay.Store(int64(60 * time.Millisecond))
+		var (
+			mu    sync.Mutex
+			times []time.Time
+			wg    sync.WaitGroup
+		)
+		for _, s := range ins {
+			wg.Go(func() {
+				for end := time.Now().Add(run); time.Now().Before(end); time.Sleep(time.Second / (100 * rate / n)) {
+					if s.admitN(t, key, 1) == 1 {
+						mu.Lock()
+						times = append(times, time.Now())
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		down := ins[0].l.cfg.lease.down.Load()
+		for _, s := range ins {
+			s.stop()
+		}
+		slices.SortFunc(times, func(a, b time.Time) int { return a.Compare(b) })
+		worst, j := 0, 0
+		for i := range times {
+			for j < len(times) && times[j].Sub(times[i]) <= window {
+				j++
+			}
+			worst = max(worst, j-i)
+		}
+		bound := capacity + rate*window.Seconds() + n + capacity
+		t.Logf("admitted %d in %v; at most %d in a %v window (bound %.0f)", len(times), run, worst, window, bound)
+		assert.LessOrEqual(t, float64(worst), bound)
+		assert.False(t, down, "a slow store is not a store that is down")
 	})
 }

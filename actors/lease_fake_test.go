@@ -30,6 +30,7 @@ type modelLeases struct {
 	calls atomic.Int64
 	down  atomic.Bool
 	hang  atomic.Bool
+	delay atomic.Int64 // every call takes this long first: a slow store
 }
 
 var _ persist.LeaseStore = (*modelLeases)(nil)
@@ -43,6 +44,9 @@ func (m *modelLeases) now() int64 { return int64(time.Since(m.epoch)) }
 
 func (m *modelLeases) RenewLeases(ctx context.Context, holder string, ttl time.Duration, rs []messages.LeaseRenewal) ([]messages.LeaseGrant, error) {
 	m.calls.Add(1)
+	if d := time.Duration(m.delay.Load()); d > 0 {
+		time.Sleep(d) // a slow round trip, on the test's (virtual) clock
+	}
 	if m.hang.Load() {
 		<-ctx.Done()
 		return nil, fmt.Errorf("model: %w: %w", messages.ErrUnavailable, ctx.Err())
@@ -128,7 +132,13 @@ type leasedSetup struct {
 func startLeased(t *testing.T, policy string) *leasedSetup {
 	t.Helper()
 	store := newMemStore()
-	leases := newModelLeases(store)
+	return startLeasedOn(t, policy, store, newModelLeases(store))
+}
+
+// startLeasedOn is startLeased on a given store: several of them on one
+// store are several instances.
+func startLeasedOn(t *testing.T, policy string, store *memStore, leases *modelLeases) *leasedSetup {
+	t.Helper()
 	l, err := NewLimiter(context.Background(), LimiterConfig{Shards: 2, Shared: &SharedBuckets{
 		Store: leases, LeaseTTL: 5 * time.Second, ReportInterval: time.Second, StoreDownPolicy: policy,
 	}}, store, discard)

@@ -46,6 +46,7 @@ type leased struct {
 	// or will, so the instance's view counts it.
 	backSent float64
 	holders  int  // live holders at the last renewal
+	heard    bool // a renewal was applied: holders is the store's count
 	due      bool // in the shard's leaseDue set
 	waiters  []leaseWaiter
 	// safe is the local bucket of safe mode: the store did not answer and
@@ -188,8 +189,9 @@ func (s *shard) storeDownReply(e *entry, h messages.KeyHash, bnow int64) admitRe
 	if lz.safe == nil {
 		n := float64(max(lz.holders, 1))
 		capacity := max(int64(float64(e.b.capacity)/n), 1)
+		// Admitted on credit and not charged yet: spent from the share.
 		lz.safe = &bucket{rate: e.b.rate / n, capacity: capacity, last: lz.rowAt,
-			tokens: min(float64(capacity), max(lz.row+lz.backSent, 0)/n)}
+			tokens: min(float64(capacity), max(lz.row+lz.backSent-lz.safeSpent, 0)/n)}
 		lz.safe.refill(bnow)
 		// The lease goes into the share: handed back at the next renewal,
 		// since what it bought is counted as debt from now on. Tokens
@@ -208,6 +210,31 @@ func (s *shard) storeDownReply(e *entry, h messages.KeyHash, bnow int64) admitRe
 	d := lz.safe.decision(ok)
 	d.Limit, d.ClientID = e.b.capacity, e.clientID
 	return admitReply{d: d}
+}
+
+// slowStoreReply decides a request whose renewal took longer than it may
+// wait: the store is as good as unreachable for it, and the store-down
+// policy decides, with this instance's share of the bucket as the store
+// last told it (holders, row). Before the store has told it anything, the
+// instance knows neither: every instance would take itself for the only
+// holder of a full row, and N of them would admit N buckets. Such a
+// request gets one token on credit, charged to the row with the next
+// renewal as safe mode's admissions are, if the client owes none already
+// (at most one unpaid per instance: the bound's one token per instance),
+// and is refused otherwise.
+func (s *shard) slowStoreReply(e *entry, h messages.KeyHash, now, bnow int64) admitReply {
+	lz := e.lz
+	if lz.heard || s.cfg.lease.down.Load() {
+		return s.storeDownReply(e, h, bnow)
+	}
+	if lz.safe == nil && lz.safeSpent == 0 {
+		lz.safeSpent = 1
+		s.markDue(h, lz, s.cfg.lease.soon)
+		return s.leasedReply(e, true, now)
+	}
+	rep := s.leasedReply(e, false, now)
+	rep.d.RetryAfter = max(rep.d.RetryAfter, time.Duration(leaseMaxWait))
+	return rep
 }
 
 // markDue puts the entry in the set the Leaser collects from and wakes
@@ -233,8 +260,8 @@ func (s *shard) leaseCollect(m *leaseCollectMsg) []leaseOut {
 		var q messages.LeaseRenewal
 		switch {
 		case m.final:
-			if lz.l.expires == 0 {
-				return // never granted: the store has no lease to drop
+			if lz.l.expires == 0 && !lz.owes() {
+				return // never granted, nothing owed: nothing to tell the store
 			}
 			q = lz.l.release(now, m.seq)
 		case lz.l.needRenewal(p, now, len(lz.waiters) > 0) != renewNone,
@@ -297,7 +324,7 @@ func (s *shard) leaseResult(m *leaseResultMsg) {
 		}
 		if g.Applied {
 			s.settleSafe(lz, m.seq)
-			lz.row, lz.rowAt, lz.holders = g.RowTokens, bnow, g.Holders
+			lz.row, lz.rowAt, lz.holders, lz.heard = g.RowTokens, bnow, g.Holders, true
 			// Limits newer than the cached ones: a change whose
 			// notification this instance missed.
 			c := messages.Client{RatePerSec: g.RatePerSec, Capacity: g.Capacity, Version: g.Version}
@@ -326,9 +353,7 @@ func (s *shard) serveWaiters(h messages.KeyHash, e *entry, now, bnow int64) {
 			break
 		}
 		if !ok {
-			// The store did not answer within 20 ms: decide as if it
-			// were down rather than keep the request waiting.
-			rep = s.storeDownReply(e, h, bnow)
+			rep = s.slowStoreReply(e, h, now, bnow)
 		}
 		served++
 		if !w.r.claim() {
