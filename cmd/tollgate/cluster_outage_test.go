@@ -77,10 +77,11 @@ func TestClusterGracefulStopHandsLeasesBackAtOnce(t *testing.T) {
 	require.NoError(t, b.stop())
 }
 
-// TestClusterStoreOutageUnderLoad stops PostgreSQL for 5 s while two
-// instances serve one client over its limit, once per store_down_policy
-// that admits anything but from leases ("open" admits all and needs no
-// test of a bound).
+// TestClusterStoreOutageUnderLoad stops PostgreSQL while two instances
+// serve one client over its limit: for 5 s with store_down_policy "safe",
+// for 2 s with "closed". ("open" admits everything: no bound to check.)
+// The one-instance case is TestFaultStoreOutageUnderLoad, which runs on
+// PostgreSQL with leases too.
 func TestClusterStoreOutageUnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs instances for seconds")
