@@ -54,6 +54,11 @@ func clusterBenchRun(t *testing.T, backendURL string, n int, p clusterPattern,
 	as := clusterRun(t, ins, c.APIKey, load*rate, run, p)
 	worst, util := clusterCheck(as, float64(capacity), rate, n, []time.Duration{time.Second})
 	stmts, decisions, waited := clusterLeaseStats(t, ps)
+	for i, p := range ps {
+		for _, l := range p.troubles() {
+			t.Logf("instance %d: %s", i, l)
+		}
+	}
 	lat := make([]time.Duration, len(as))
 	for i, a := range as {
 		lat[i] = a.answered.Sub(a.sent)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -182,4 +183,20 @@ func (p *proc) exitErr() error {
 		return fmt.Errorf("tollgate process: %w\n%s", p.waitErr, p.stderr)
 	}
 	return nil
+}
+
+// troubles returns the process's log lines at warn or error, and what it
+// wrote to stderr, for a failure message or a run's report.
+func (p *proc) troubles() []string {
+	var out []string
+	for _, l := range strings.Split(p.logs.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && (m["level"] == "WARN" || m["level"] == "ERROR") {
+			out = append(out, l)
+		}
+	}
+	if s := strings.TrimSpace(p.stderr.String()); s != "" {
+		out = append(out, "stderr: "+s)
+	}
+	return out
 }
