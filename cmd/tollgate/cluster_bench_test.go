@@ -54,9 +54,12 @@ func clusterBenchRun(t *testing.T, backendURL string, n int, p clusterPattern,
 	as := clusterRun(t, ins, c.APIKey, load*rate, run, p)
 	worst, util := clusterCheck(as, float64(capacity), rate, n, []time.Duration{time.Second})
 	stmts, decisions, waited := clusterLeaseStats(t, ps)
-	for i, p := range ps {
-		for _, l := range p.troubles() {
-			t.Logf("instance %d: %s", i, l)
+	if worst > 0 {
+		t.Logf("over the bound:\n%s", clusterTimeline(as, n, 250*time.Millisecond))
+		for i, p := range ps {
+			for _, l := range p.troubles() {
+				t.Logf("instance %d: %s", i, l)
+			}
 		}
 	}
 	lat := make([]time.Duration, len(as))
