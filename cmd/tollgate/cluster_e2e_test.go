@@ -20,6 +20,7 @@ import (
 type clusterAdmission struct {
 	sent, answered time.Time
 	ok             bool
+	status         int // the answer's status; 0 when none came
 	instance       int // its index in the run's instances
 }
 
@@ -66,7 +67,10 @@ func clusterRun(t *testing.T, ins []*instance, key string, perSec float64, d tim
 		wg.Go(func() { // waited for below
 			sent := time.Now()
 			r, err := ins[i].forward(hc, key, "/cluster", nil)
-			a := clusterAdmission{sent: sent, answered: time.Now(), ok: err == nil && r.status == http.StatusOK, instance: i}
+			a := clusterAdmission{sent: sent, answered: time.Now(), instance: i}
+			if err == nil {
+				a.status, a.ok = r.status, r.status == http.StatusOK
+			}
 			mu.Lock()
 			out = append(out, a)
 			mu.Unlock()
@@ -180,6 +184,15 @@ func clusterTimeline(as []clusterAdmission, n int, slice time.Duration) string {
 			total++
 		}
 		fmt.Fprintf(&sb, "instance %d admitted %d, per %s: %v\n", i, total, slice, per)
+	}
+	others := map[int]int{}
+	for _, a := range as {
+		if a.status != http.StatusOK && a.status != http.StatusTooManyRequests {
+			others[a.status]++
+		}
+	}
+	if len(others) > 0 {
+		fmt.Fprintf(&sb, "answers other than 200 and 429 (0: none): %v\n", others)
 	}
 	return sb.String()
 }
