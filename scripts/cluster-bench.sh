@@ -50,6 +50,6 @@ if [[ -z ${DATABASE_URL:-} ]]; then
 	export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable"
 fi
 
-echo "--- cluster: N = 1, 2, 4 instances, one shared bucket (capacity 50, rate 50/s)"
+echo "--- cluster: N = 1, 2, 4 processes, one shared bucket (capacity 50, rate 50/s)"
 CLUSTER_BENCH=1 go test -v -count=1 -timeout 30m -run '^TestClusterBench$' ./cmd/tollgate/ \
 	| grep '^|' | tee "$out"

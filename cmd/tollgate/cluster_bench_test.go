@@ -54,6 +54,9 @@ func clusterBenchRun(t *testing.T, backendURL string, n int, p clusterPattern,
 	as := clusterRun(t, ins, c.APIKey, load*rate, run, p)
 	worst, util := clusterCheck(as, float64(capacity), rate, n, []time.Duration{time.Second})
 	stmts, decisions, waited := clusterLeaseStats(t, ps)
+	if o := otherAnswers(as); o != "" {
+		t.Logf("%s %gx:%s", p.name, load, o)
+	}
 	if worst > 0 {
 		t.Logf("over the bound:\n%s", clusterTimeline(as, n, 250*time.Millisecond))
 		for i, p := range ps {
