@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -122,10 +121,13 @@ func slowDSN(t *testing.T, dsn string, delay time.Duration) string {
 }
 
 // TestClusterSlowDatabaseKeepsTheBound: SPEC 9's bound holds "with a
-// healthy database", and a database 25 ms away is healthy. A request
-// whose lease is empty waits for the renewal at most 20 ms; past that, it
-// must be refused, not decided by the store-down policy, whose local
-// share of the bucket is what lets admissions exceed the bound.
+// healthy database", and a database 60 ms away answers everything. A
+// request whose lease is empty waits for the renewal at most 20 ms; past
+// that, actors/shard_lease.go's serveWaiters decides it by the store-down
+// policy, and an instance that has not renewed yet takes the whole bucket
+// as its safe share (holders is 1 until the first renewal): each of the N
+// instances admits up to a capacity at once. A refusal there (or the
+// share of the holders the row knows of) would keep the bound.
 func TestClusterSlowDatabaseKeepsTheBound(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs processes for seconds")
@@ -152,15 +154,13 @@ func TestClusterSlowDatabaseKeepsTheBound(t *testing.T) {
 		ins[i] = ps[i].instance
 	}
 	hc := newHTTPClient(t)
-	for _, load := range []float64{2, 10} {
-		c := ins[0].createClient(t, hc, fmt.Sprintf("slow-%dpct", int(load*100)), rate, capacity)
-		as := clusterRun(t, ins, c.APIKey, load*rate, run, clusterPatterns[0])
-		worst, util := clusterCheck(as, capacity, rate, n, []time.Duration{time.Second, run})
-		t.Logf("slow db, N=%d uniform load=%gx: offered=%d admitted=%d bound=%.0f worst_window_excess=%+.1f utilisation=%.3f",
-			n, load, len(as), admitted(as), capacity+rate*run.Seconds()+n, worst, util)
-		assert.LessOrEqual(t, worst, 0.0, "%gx: within one bucket's bound with a slow, healthy database\n%s",
-			load, clusterTimeline(as, n, 250*time.Millisecond))
-	}
+	c := ins[0].createClient(t, hc, "slow", rate, capacity)
+	as := clusterRun(t, ins, c.APIKey, 10*rate, run, clusterPatterns[0])
+	worst, util := clusterCheck(as, capacity, rate, n, []time.Duration{time.Second, run})
+	t.Logf("slow db, N=%d uniform load=10x: offered=%d admitted=%d bound=%.0f worst_window_excess=%+.1f utilisation=%.3f%s",
+		n, len(as), admitted(as), capacity+rate*run.Seconds()+n, worst, util, otherAnswers(as))
+	assert.LessOrEqual(t, worst, 0.0, "within one bucket's bound with a slow, healthy database\n%s",
+		clusterTimeline(as, n, 250*time.Millisecond))
 	for i, p := range ps {
 		for _, l := range p.troubles() {
 			t.Logf("instance %d: %s", i, l)
