@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/tollgate/tollgate/persist/pgtest"
 )
 
 // TestClusterBench is make bench's cluster part (BENCH_PART=cluster, see
@@ -48,7 +50,7 @@ func TestClusterBench(t *testing.T) {
 
 func clusterBenchRun(t *testing.T, backendURL string, n int, p clusterPattern,
 	load float64, capacity int64, rate float64, run time.Duration) {
-	ps, ins := clusterProcs(t, backendURL, n)
+	ps, ins := clusterProcs(t, clusterConfig(t, backendURL, pgtest.New(t)), n)
 	hc := newHTTPClient(t)
 	c := ins[0].createClient(t, hc, "bench", rate, capacity)
 	as := clusterRun(t, ins, c.APIKey, load*rate, run, p)

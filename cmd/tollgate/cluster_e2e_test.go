@@ -128,14 +128,20 @@ func clusterCheck(as []clusterAdmission, capacity, rate float64, n int, windows 
 	return worst, float64(len(times)) / float64(ideal)
 }
 
-// clusterProcs starts n Tollgate processes on one fresh database, logging
-// at info (debug would log every request), and returns them with their
-// instances.
-func clusterProcs(t *testing.T, backendURL string, n int) ([]*proc, []*instance) {
+// clusterConfig is the config of a cluster run's processes: on the
+// database dsn, logging at info (debug would log every request).
+func clusterConfig(t *testing.T, backendURL, dsn string) map[string]any {
 	t.Helper()
 	cfg := baseConfig(t, backendURL)
 	cfg["log_level"] = "info"
-	cfg["database_url"] = pgtest.New(t)
+	cfg["database_url"] = dsn
+	return cfg
+}
+
+// clusterProcs starts n Tollgate processes with cfg and returns them with
+// their instances.
+func clusterProcs(t *testing.T, cfg map[string]any, n int) ([]*proc, []*instance) {
+	t.Helper()
 	ps := make([]*proc, n)
 	ins := make([]*instance, n)
 	for i := range ps {
@@ -248,7 +254,7 @@ func TestClusterSharesOneBucket(t *testing.T) {
 	backend := newLiveBackend(t)
 	for _, n := range []int{1, 2, 4} {
 		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
-			ps, ins := clusterProcs(t, backend.url, n)
+			ps, ins := clusterProcs(t, clusterConfig(t, backend.url, pgtest.New(t)), n)
 			hc := newHTTPClient(t)
 			for _, p := range clusterPatterns {
 				if n == 1 && p.name != "uniform" {
