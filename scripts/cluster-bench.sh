@@ -51,5 +51,7 @@ if [[ -z ${DATABASE_URL:-} ]]; then
 fi
 
 echo "--- cluster: N = 1, 2, 4 processes, one shared bucket (capacity 50, rate 50/s)"
+# The table goes to the terminal and $out; the whole test log, with the
+# per-instance timeline of any run over the bound, beside it.
 CLUSTER_BENCH=1 go test -v -count=1 -timeout 30m -run '^TestClusterBench$' ./cmd/tollgate/ \
-	| grep '^|' | tee "$out"
+	| tee "${out%.md}.log" | grep '^|' | tee "$out"
