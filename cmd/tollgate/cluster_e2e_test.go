@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -19,12 +20,36 @@ import (
 type clusterAdmission struct {
 	sent, answered time.Time
 	ok             bool
+	status         int // the answer's status; 0 when none came
+	instance       int // its index in the run's instances
 }
 
-// clusterRun offers load to a client through every instance, paced per
-// instance, for d; share gives instance i's part of the load at a time.
-func clusterRun(t *testing.T, ins []*instance, key string, perSec float64, d time.Duration,
-	share func(i, n int, since time.Duration) float64) []clusterAdmission {
+// clusterPattern says which instance each request of a run goes to.
+type clusterPattern struct {
+	name string
+	// pick is the instance, of n, for request k sent since the run began.
+	// Per request, not per slice of time, so that a spread pattern is
+	// spread at every scale, as a load balancer in front would spread it.
+	pick func(k, n int, since time.Duration) int
+}
+
+// clusterPatterns are issue 13's load patterns.
+var clusterPatterns = []clusterPattern{
+	{"uniform", func(k, n int, _ time.Duration) int { return k % n }},
+	{"90-10", func(k, n int, _ time.Duration) int {
+		if n == 1 || k%10 < 9 {
+			return 0
+		}
+		return 1 + k/10%(n-1) // the tenth request, over the others in turn
+	}},
+	{"all-to-one", func(int, int, time.Duration) int { return 0 }},
+	// A hotspot: all the load on one instance, the next every second.
+	{"moving", func(_, n int, since time.Duration) int { return int(since/time.Second) % n }},
+}
+
+// clusterRun offers perSec requests a second, paced, to a client for d,
+// each to the instance p picks, and returns every request with its times.
+func clusterRun(t *testing.T, ins []*instance, key string, perSec float64, d time.Duration, p clusterPattern) []clusterAdmission {
 	t.Helper()
 	hc := newHTTPClient(t)
 	var (
@@ -34,20 +59,18 @@ func clusterRun(t *testing.T, ins []*instance, key string, perSec float64, d tim
 	)
 	start := time.Now()
 	tick := time.Duration(float64(time.Second) / perSec)
-	for next := start; time.Since(start) < d; next = next.Add(tick) {
+	k := 0
+	for next := start; next.Sub(start) < d; next = next.Add(tick) {
 		time.Sleep(time.Until(next)) // pacing the offered load, not waiting for a condition
-		x, acc := float64(next.Sub(start)%time.Second)/float64(time.Second), 0.0
-		i := len(ins) - 1
-		for j := range ins {
-			if acc += share(j, len(ins), next.Sub(start)); x < acc {
-				i = j
-				break
-			}
-		}
+		i := p.pick(k, len(ins), next.Sub(start))
+		k++
 		wg.Go(func() { // waited for below
 			sent := time.Now()
 			r, err := ins[i].forward(hc, key, "/cluster", nil)
-			a := clusterAdmission{sent: sent, answered: time.Now(), ok: err == nil && r.status == http.StatusOK}
+			a := clusterAdmission{sent: sent, answered: time.Now(), instance: i}
+			if err == nil {
+				a.status, a.ok = r.status, r.status == http.StatusOK
+			}
 			mu.Lock()
 			out = append(out, a)
 			mu.Unlock()
@@ -66,8 +89,12 @@ func clusterCheck(as []clusterAdmission, capacity, rate float64, n int, windows 
 	var slowest time.Duration
 	sends := make([]time.Time, 0, len(as))
 	for _, a := range as {
-		sends = append(sends, a.sent)
 		slowest = max(slowest, a.answered.Sub(a.sent))
+		// The ideal bucket sees what the limiter decided: a 401 for a key
+		// another instance has not heard of yet never reached it.
+		if a.status == http.StatusOK || a.status == http.StatusTooManyRequests {
+			sends = append(sends, a.sent)
+		}
 		if a.ok {
 			times = append(times, a.answered)
 		}
@@ -86,6 +113,9 @@ func clusterCheck(as []clusterAdmission, capacity, rate float64, n int, windows 
 		}
 	}
 	// One ideal bucket, full at the start, fed the same arrivals.
+	if len(sends) == 0 {
+		return worst, 0
+	}
 	tokens, last, ideal := capacity, sends[0], 0
 	for _, s := range sends {
 		tokens = min(capacity, tokens+rate*s.Sub(last).Seconds())
@@ -98,64 +128,152 @@ func clusterCheck(as []clusterAdmission, capacity, rate float64, n int, windows 
 	return worst, float64(len(times)) / float64(ideal)
 }
 
-// TestClusterSharesOneBucket is the issue's test 2, kept short: N
-// instances on one database serve one client at twice its rate, the load
-// spread evenly or moving from instance to instance every half second.
-// The admissions stay within one bucket's bound over every window, and
-// most of what one bucket would admit is admitted.
+// clusterConfig is the config of a cluster run's processes: on the
+// database dsn, logging at info (debug would log every request).
+func clusterConfig(t *testing.T, backendURL, dsn string) map[string]any {
+	t.Helper()
+	cfg := baseConfig(t, backendURL)
+	cfg["log_level"] = "info"
+	cfg["database_url"] = dsn
+	return cfg
+}
+
+// clusterProcs starts n Tollgate processes with cfg and returns them with
+// their instances.
+func clusterProcs(t *testing.T, cfg map[string]any, n int) ([]*proc, []*instance) {
+	t.Helper()
+	ps := make([]*proc, n)
+	ins := make([]*instance, n)
+	for i := range ps {
+		// One after the other: the first one migrates the fresh database.
+		ps[i] = spawn(t, cfg)
+		ins[i] = ps[i].instance
+	}
+	return ps, ins
+}
+
+// clusterLeaseStats stops the processes with SIGTERM and sums their
+// closing "leases handed back" lines: renewal statements, decisions on
+// leased buckets, and those that waited for the database.
+func clusterLeaseStats(t *testing.T, ps []*proc) (statements, decisions, waited float64) {
+	t.Helper()
+	for _, p := range ps {
+		require.NoError(t, p.stop())
+		ls := p.logs.lines("leases handed back")
+		require.Len(t, ls, 1, "one closing line")
+		statements += ls[0]["statements"].(float64)
+		decisions += ls[0]["decisions"].(float64)
+		waited += ls[0]["waited"].(float64)
+	}
+	return statements, decisions, waited
+}
+
+// clusterTimeline is a run's admissions per instance and per slice of
+// time since its first request, and its other answers, for a failure's
+// message or the bench's log.
+func clusterTimeline(as []clusterAdmission, n int, slice time.Duration) string {
+	if len(as) == 0 {
+		return "no requests"
+	}
+	first := as[0].sent
+	for _, a := range as {
+		if a.sent.Before(first) {
+			first = a.sent
+		}
+	}
+	var sb strings.Builder
+	for i := range n {
+		var per []int
+		total := 0
+		for _, a := range as {
+			if a.instance != i || !a.ok {
+				continue
+			}
+			k := int(a.answered.Sub(first) / slice)
+			for len(per) <= k {
+				per = append(per, 0)
+			}
+			per[k]++
+			total++
+		}
+		fmt.Fprintf(&sb, "instance %d admitted %d, per %s: %v\n", i, total, slice, per)
+	}
+	sb.WriteString(otherAnswers(as))
+	return sb.String()
+}
+
+// otherAnswers counts a run's answers other than 200 and 429 by status (0:
+// no answer), or is empty.
+func otherAnswers(as []clusterAdmission) string {
+	others := map[int]int{}
+	for _, a := range as {
+		if a.status != http.StatusOK && a.status != http.StatusTooManyRequests {
+			others[a.status]++
+		}
+	}
+	if len(others) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" other_answers=%v", others)
+}
+
+// admitted counts the admitted requests of a run.
+func admitted(as []clusterAdmission) int {
+	ok := 0
+	for _, a := range as {
+		if a.ok {
+			ok++
+		}
+	}
+	return ok
+}
+
+// TestClusterSharesOneBucket is the issue's test 2: N Tollgate processes
+// on one database serve one client at 0.5, 2 and 10 times its rate, the
+// load spread per request (uniform, 90-10), all on one instance, or moving
+// to the next instance every second. Admissions stay within one bucket's
+// bound, capacity + rate·T + N, over every window of 1 s and over the
+// run, and most of what one bucket would admit is admitted. The processes
+// start once per N; each run has a client of its own.
 func TestClusterSharesOneBucket(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs instances for seconds")
+		t.Skip("builds the binary and runs processes for a minute")
 	}
 	const (
 		capacity = 20
 		rate     = 20.0
-		run      = 2 * time.Second
+		// Two seconds: a bucket's capacity plus twice as much again at
+		// full load, the moving hotspot on two instances. Every run
+		// includes each instance's first lease of the client.
+		run = 2 * time.Second
 	)
-	// The floors are loose: two-second runs under -race on a busy machine
-	// include each instance's first leases. make bench BENCH_PART=cluster
-	// measures utilisation properly.
-	patterns := []struct {
-		name    string
-		share   func(i, n int, since time.Duration) float64
-		minUtil float64
-	}{
-		{"uniform", func(i, n int, _ time.Duration) float64 { return 1 / float64(n) }, 0.75},
-		{"moving", func(i, n int, since time.Duration) float64 {
-			if int(since/(500*time.Millisecond))%n == i {
-				return 1
-			}
-			return 0
-		}, 0.6},
-	}
+	// The issue's utilisation floors: 90% spread over the instances, 75%
+	// with all of it moving between them; 90-10 and all-to-one keep most
+	// of the load on one instance, so they get the lower floor.
+	minUtil := map[string]float64{"uniform": 0.90, "90-10": 0.75, "all-to-one": 0.75, "moving": 0.75}
 	backend := newLiveBackend(t)
 	for _, n := range []int{1, 2, 4} {
 		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
-			cfg := baseConfig(t, backend.url)
-			cfg["database_url"] = pgtest.New(t)
-			ins := make([]*instance, n)
-			for i := range ins {
-				ins[i] = start(t, cfg)
-			}
+			ps, ins := clusterProcs(t, clusterConfig(t, backend.url, pgtest.New(t)), n)
 			hc := newHTTPClient(t)
-			for _, p := range patterns {
-				c := ins[0].createClient(t, hc, "shared-"+p.name, rate, capacity)
-				as := clusterRun(t, ins, c.APIKey, 2*rate, run, p.share)
-				worst, util := clusterCheck(as, capacity, rate, n, []time.Duration{time.Second, run})
-				ok := 0
-				for _, a := range as {
-					if a.ok {
-						ok++
-					}
+			for _, p := range clusterPatterns {
+				if n == 1 && p.name != "uniform" {
+					continue // one instance: every pattern is the same
 				}
-				t.Logf("N=%d %-8s offered=%d admitted=%d worst_window_excess=%+.1f utilisation=%.2f",
-					n, p.name, len(as), ok, worst, util)
-				assert.LessOrEqual(t, worst, 0.0, "%s: within one bucket's bound", p.name)
-				assert.GreaterOrEqual(t, util, p.minUtil, "%s: utilisation", p.name)
+				for _, load := range []float64{0.5, 2, 10} {
+					c := ins[0].createClient(t, hc, fmt.Sprintf("%s-%dpct", p.name, int(load*100)), rate, capacity)
+					as := clusterRun(t, ins, c.APIKey, load*rate, run, p)
+					worst, util := clusterCheck(as, capacity, rate, n, []time.Duration{time.Second, run})
+					t.Logf("N=%d %-10s load=%4gx offered=%3d admitted=%3d bound=%.0f worst_window_excess=%+5.1f utilisation=%.3f%s",
+						n, p.name, load, len(as), admitted(as), capacity+rate*run.Seconds()+float64(n), worst, util, otherAnswers(as))
+					assert.LessOrEqual(t, worst, 0.0, "%s %gx: within one bucket's bound\n%s",
+						p.name, load, clusterTimeline(as, n, 250*time.Millisecond))
+					assert.GreaterOrEqual(t, util, minUtil[p.name], "%s %gx: utilisation", p.name, load)
+				}
 			}
-			for _, in := range ins {
-				require.NoError(t, in.stop())
-			}
+			stmts, decisions, waited := clusterLeaseStats(t, ps)
+			t.Logf("N=%d all runs: %.0f renewal statements, %.0f of %.0f decisions waited on the database (%.2f%%)",
+				n, stmts, waited, decisions, 100*waited/max(decisions, 1))
 		})
 	}
 }

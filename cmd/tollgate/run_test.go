@@ -23,7 +23,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(removeBuiltBinary{m}) }
 
 // logBuffer collects the JSON log lines of a run, safe for the test and
 // the program to use at once.
