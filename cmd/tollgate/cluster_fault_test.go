@@ -1,15 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -20,29 +14,6 @@ import (
 
 	"github.com/tollgate/tollgate/persist/pgtest"
 )
-
-// startProcess runs the real binary with cfg and returns its main address
-// and the process.
-func startProcess(t *testing.T, bin string, cfg map[string]any) (string, *exec.Cmd) {
-	t.Helper()
-	cmd := exec.Command(bin, "-config", writeConfig(t, cfg), "-addr", "127.0.0.1:0")
-	dsn, _ := cfg["database_url"].(string)
-	cmd.Env = append(os.Environ(), "DATABASE_URL="+dsn)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		var l map[string]any
-		if json.Unmarshal(sc.Bytes(), &l) == nil && l["msg"] == "listening" && l["server"] == "main" {
-			go func() { _, _ = io.Copy(io.Discard, stdout) }() // drained until the process exits
-			return l["addr"].(string), cmd
-		}
-	}
-	t.Fatalf("process ended before listening: %v", sc.Err())
-	return "", nil
-}
 
 // TestClusterKilledInstanceLosesOnlyItsLease: an instance killed with
 // SIGKILL cannot hand its lease back. Nothing is over-admitted: the other
@@ -55,18 +26,14 @@ func TestClusterKilledInstanceLosesOnlyItsLease(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "tollgate")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	require.NoError(t, err, "%s", out)
-
 	backend := newLiveBackend(t)
 	dsn := pgtest.New(t)
 	cfg := baseConfig(t, backend.url)
 	cfg["database_url"] = dsn
 	setRL(cfg, map[string]any{"lease_ttl": 2})
 	survivor := start(t, cfg)
-	addr, proc := startProcess(t, bin, cfg)
-	victim := &instance{addr: addr}
+	p := spawn(t, cfg)
+	victim := p.instance
 	hc := newHTTPClient(t)
 	const capacity = 20
 	c := victim.createClient(t, hc, "crash", faultSlowRate, capacity)
@@ -82,8 +49,7 @@ func TestClusterKilledInstanceLosesOnlyItsLease(t *testing.T) {
 	// yet would be lost to the row too: see the README.)
 	eventually(t, func() bool { return victim.getClient(t, hc, "crash").Tokens <= capacity-8+0.5 },
 		"the victim reported its admissions")
-	require.NoError(t, proc.Process.Kill())
-	_, _ = proc.Process.Wait()
+	require.NoError(t, p.kill())
 	killed := time.Now()
 	// Only the victim has served the client: the live leases are its own.
 	dead := readOutageLedger(t, dsn, "crash")
