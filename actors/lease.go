@@ -81,7 +81,11 @@ type lease struct {
 	schedAt int64   // when the next scheduled token falls due
 	step    int64   // between two scheduled tokens: one at the row's rate
 	rate    float64 // the row's rate at the last answer
-	expires int64   // spend nothing from here on (0: no lease yet)
+	// keep caps what scheduled tokens falling due may bring held up to:
+	// the capacity. A bucket does not fill past it; due tokens nobody
+	// spent would otherwise pile up and go in one burst.
+	keep    float64
+	expires int64 // spend nothing from here on (0: no lease yet)
 
 	demand  float64 // requests per second, an exponential average
 	since   int64   // first request of the current run of demand
@@ -159,13 +163,14 @@ func (l *lease) take(now int64) bool {
 	return true
 }
 
-// fallDue moves the scheduled tokens due by now into held.
+// fallDue moves the scheduled tokens due by now into held, up to keep;
+// the rest are lost, as refill into a full bucket is.
 func (l *lease) fallDue(now int64) {
 	if now < l.schedAt {
 		return
 	}
 	k := min(l.sched, float64((now-l.schedAt)/l.step+1))
-	l.held += k
+	l.held += min(k, max(l.keep-l.held, 0))
 	l.sched -= k
 	l.schedAt += int64(k) * l.step
 }
@@ -324,6 +329,7 @@ func (l *lease) granted(p *leasePolicy, now int64, g messages.LeaseGrant) {
 		due += cut
 	}
 	l.held = max(0, l.held+due)
+	l.keep = max(float64(g.Capacity), 1)
 	if g.RatePerSec > 0 {
 		l.rate = g.RatePerSec
 		if g.Scheduled > 0 {

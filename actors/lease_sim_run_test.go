@@ -66,3 +66,29 @@ func TestLeaseSimulation(t *testing.T) {
 		}
 	}
 }
+
+// TestLeaseSimulationSmallBuckets: buckets that hold little refill (tokens
+// are scheduled ahead only in one that holds a quarter second of it), and
+// one that just holds it. Every window keeps the bound: a lease running on
+// tokens scheduled ahead never keeps more than capacity of them due.
+func TestLeaseSimulationSmallBuckets(t *testing.T) {
+	const duration = 5 * int64(time.Second)
+	windows := []int64{0, int64(time.Millisecond), int64(10 * time.Millisecond), int64(100 * time.Millisecond), int64(time.Second)}
+	for _, b := range []struct{ capacity, rate float64 }{{2, 500}, {10, 400}, {5, 50}, {25, 100}} {
+		for _, n := range []int{1, 2, 4} {
+			for _, load := range []float64{1.2, 3, 10} {
+				for _, name := range []string{"uniform", "hotspot moving every second"} {
+					res := runSim(simConfig{holders: n, capacity: b.capacity, rate: b.rate, offered: load * b.rate,
+						duration: duration, share: simPatterns[name], seed: uint64(n) + uint64(load*10)})
+					for _, w := range windows {
+						// Two admissions at the same instant count in a window
+						// of 0: one token more of rounding per instance.
+						bound := b.capacity + b.rate*float64(w)/1e9 + 2*float64(n)
+						assert.LessOrEqual(t, worstExcess(res.admitted, w, bound), 0.0,
+							"capacity %v rate %v N=%d load %gx %s, window %v", b.capacity, b.rate, n, load, name, time.Duration(w))
+					}
+				}
+			}
+		}
+	}
+}

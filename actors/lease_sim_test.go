@@ -59,7 +59,9 @@ func (r *simRow) renew(h int, q messages.LeaseRenewal, now int64) messages.Lease
 	if found {
 		mine = min(max(q.Outstanding, 0), own.tokens)
 		back = min(max(q.Handback, 0), own.tokens-mine)
-		mine = min(mine, max(r.capacity-others, r.capacity/float64(n+1)))
+		if excess := r.tokens + others + mine - r.capacity; excess > 0 {
+			mine = max(mine-excess, min(mine, r.capacity/float64(n+1)))
+		}
 	}
 	debt := max(q.Debt, 0)
 	avail := min(r.tokens+back-debt+r.rate*float64(max(now-r.last, 0))/1e9, r.capacity-others-mine)
@@ -73,7 +75,7 @@ func (r *simRow) renew(h int, q messages.LeaseRenewal, now int64) messages.Lease
 	}
 	g = max(g, 0)
 	var s float64
-	if ahead := q.Ahead.Seconds(); want > g && g >= math.Floor(avail) && r.rate > 0 {
+	if ahead := q.Ahead.Seconds(); want > g && g >= math.Floor(avail) && r.rate > 0 && r.rate*ahead <= r.capacity {
 		s = max(min(want-g, math.Floor(max(q.WantAhead, 0))-g,
 			max(math.Floor(r.rate*ahead/float64(n+1)), 1), math.Floor(avail+r.rate*ahead)-g), 0)
 	}
@@ -189,7 +191,7 @@ type sim struct {
 }
 
 const simUrgentBatch = 1 * ms // urgent renewals are batched this long
-const simTick = 50 * ms       // background renewal tick, as leaseTick
+const simTick = 100 * ms      // a full look at every lease, as every other leaseTick
 const simMaxWait = 20 * ms    // a request waits at most this long
 
 func runSim(cfg simConfig) simResult {

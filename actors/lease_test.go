@@ -192,7 +192,7 @@ func TestLeaseScheduledTokensFallDueInOrder(t *testing.T) {
 	l.arrive(&p, 0)
 	l.renewal(&p, 0, 1, 10, 100)
 	l.granted(&p, 1*ms, messages.LeaseGrant{Applied: true, Granted: 3, Scheduled: 3,
-		FirstDue: 5 * time.Millisecond, RatePerSec: 100})
+		FirstDue: 5 * time.Millisecond, RatePerSec: 100, Capacity: 10, Holders: 1})
 	assert.Equal(t, 0.0, l.held)
 	assert.Equal(t, 3.0, l.total(), "the store counts them as leased")
 	assert.False(t, l.take(5*ms), "due 5 ms after the reply, not after the send")
@@ -279,4 +279,23 @@ func TestLeaseSeldomClientCoolsAfterThreeGaps(t *testing.T) {
 	assert.False(t, l.cooled(&p, l.arrived+250*ms))
 	assert.True(t, l.cooled(&p, l.arrived+350*ms), "three gaps and then some")
 	assert.True(t, l.cooled(&p, l.arrived+p.idle))
+}
+
+// TestLeaseDueTokensCappedAtCapacity: due tokens nobody spent fill the
+// lease up to the capacity; the rest are lost, as refill into a full
+// bucket is.
+func TestLeaseDueTokensCappedAtCapacity(t *testing.T) {
+	p := testPolicy()
+	l := lease{}
+	l.arrive(&p, 0)
+	l.renewal(&p, 0, 1, 10, 100)
+	l.granted(&p, 0, messages.LeaseGrant{Applied: true, Granted: 20, Scheduled: 20,
+		FirstDue: 10 * time.Millisecond, RatePerSec: 100, Capacity: 10, Holders: 2})
+	// All twenty due by 200 ms; nothing spent until then.
+	admitted := 0
+	for l.take(250 * ms) {
+		admitted++
+	}
+	assert.Equal(t, 10, admitted, "capacity 10")
+	assert.Zero(t, l.total(), "the others are gone, not kept for later")
 }

@@ -327,8 +327,11 @@ func (s *shard) leaseResult(m *leaseResultMsg) {
 			lz.row, lz.rowAt, lz.holders, lz.heard = g.RowTokens, bnow, g.Holders, true
 			// Limits newer than the cached ones: a change whose
 			// notification this instance missed.
+			// An answer older than the limits known here (their
+			// notification overtook it) was sized and scheduled under the
+			// old ones: shrink it as if they had changed now.
 			c := messages.Client{RatePerSec: g.RatePerSec, Capacity: g.Capacity, Version: g.Version}
-			if applyLimits(&e.b, &e.version, c, bnow) {
+			if applyLimits(&e.b, &e.version, c, bnow) || g.Version < e.version {
 				shrinkLease(e)
 			}
 		}

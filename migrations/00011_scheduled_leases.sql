@@ -10,7 +10,16 @@
 -- costs a few renewals a second instead of one round trip per admission,
 -- and its requests never wait on the database.
 --
--- next_token is now returned only when nothing at all was granted.
+-- Only a bucket that holds at least p_ahead of refill schedules ahead: in a
+-- smaller one, tokens a holder got ahead and did not spend at once would
+-- overflow it (the holder keeps at most capacity of them), and runs of a
+-- few tokens would not outlast a renewal; such a bucket's holders renew
+-- per token, as before.
+--
+-- next_token is now returned only when nothing at all was granted. The
+-- shrink of a lease under a lowered capacity cuts only the excess of the
+-- row and the leases over capacity: a lease holding scheduled tokens may
+-- itself be larger than capacity, the row owing them.
 
 -- +goose Up
 DROP FUNCTION tollgate_renew_leases(text, double precision, text[], bigint[],
@@ -91,8 +100,13 @@ BEGIN
         IF l_found THEN
             mine := LEAST(GREATEST(COALESCE(r.out_, 0), 0), l_tokens);
             back := LEAST(GREATEST(COALESCE(r.back_, 0), 0), l_tokens - mine);
-            -- Capacity lowered below the leases: shrink to a fair part.
-            mine := LEAST(mine, GREATEST(c.capacity - others, c.capacity::double precision / (n_others + 1)));
+            -- Capacity lowered below the row and the leases: shrink to a
+            -- fair part, by no more than the excess. (A lease can hold more
+            -- than capacity: tokens scheduled ahead, which the row owes.)
+            IF c.tokens + others + mine > c.capacity THEN
+                mine := GREATEST(mine - (c.tokens + others + mine - c.capacity),
+                    LEAST(mine, c.capacity::double precision / (n_others + 1)));
+            END IF;
         END IF;
         avail := LEAST(
             c.tokens + back - GREATEST(COALESCE(r.debt_, 0), 0)
@@ -113,7 +127,8 @@ BEGIN
         -- ones the row refills within p_ahead, a fair part of them, no
         -- more than the holder expects to spend by then.
         s := 0;
-        IF want > g AND g >= floor(avail) AND c.rate_per_sec > 0 THEN
+        IF want > g AND g >= floor(avail) AND c.rate_per_sec > 0
+                AND c.rate_per_sec * GREATEST(p_ahead, 0) <= c.capacity THEN
             s := GREATEST(LEAST(
                 want - g,
                 floor(GREATEST(COALESCE(r.ahead_, 0), 0)) - g,

@@ -164,6 +164,30 @@ func TestRenewLeasesSchedulesTheNextTokens(t *testing.T) {
 	assert.Greater(t, g.NextToken, 200*time.Millisecond, "after h1's ten")
 }
 
+// TestRenewLeasesScheduledLeaseKeepsItsTokens: a lease holding tokens
+// scheduled ahead is larger than capacity, the row owing them; renewing it
+// does not cut it to capacity as a lowered capacity would (the tokens the
+// row went below zero for would be lost). A bucket too small to hold a
+// horizon of refill schedules nothing: its holder learns the next token.
+func TestRenewLeasesScheduledLeaseKeepsItsTokens(t *testing.T) {
+	db := newLeaseDB(t)
+	db.client(t, "a", 10, 40)
+	db.client(t, "small", 5, 40)
+	ahead := 250 * time.Millisecond
+	gs := db.renew(t, "h1", 5*time.Second,
+		messages.LeaseRenewal{ClientID: "a", Seq: 1, Want: 30, Ahead: ahead, WantAhead: 30},
+		messages.LeaseRenewal{ClientID: "small", Seq: 1, Want: 30, Ahead: ahead, WantAhead: 30})
+	require.Equal(t, 20.0, gs["a"].Granted, "10 now and 10 scheduled")
+	assert.Zero(t, gs["small"].Scheduled, "5 tokens cannot hold a quarter second at 40/s")
+	gs = db.renew(t, "h1", 5*time.Second,
+		messages.LeaseRenewal{ClientID: "a", Seq: 2, Outstanding: 20, Want: 30, Ahead: ahead, WantAhead: 30},
+		messages.LeaseRenewal{ClientID: "small", Seq: 2, Outstanding: 5, Want: 30, Ahead: ahead, WantAhead: 30})
+	assert.GreaterOrEqual(t, gs["a"].Granted, 0.0, "the lease of 20 is not cut to capacity")
+	row, leased := db.total(t, "a")
+	assert.InDelta(t, 10, row+leased, 1, "row and leases hold the capacity, nothing lost")
+	assert.Positive(t, gs["small"].NextToken)
+}
+
 func TestRenewLeasesHandbackAndRelease(t *testing.T) {
 	db := newLeaseDB(t)
 	db.client(t, "a", 10, slowRate)
