@@ -267,6 +267,11 @@ func (l *Limiter) load(ctx context.Context, s *shard, r *admitReq) bool {
 		err = messages.ErrUnknownKey
 	case !errors.Is(err, messages.ErrUnavailable):
 		err = fmt.Errorf("%w: %w", messages.ErrUnavailable, err)
+	case l.cfg.lease != nil:
+		// The store is unreachable: leased buckets follow the store-down
+		// policy now, rather than each wait for a renewal of its own to
+		// fail. The next renewal that goes through clears it.
+		l.cfg.lease.down.Store(true)
 	}
 	// r was handed over taken (see shard.admit); from here its caller may
 	// give up on it like any waiter.
