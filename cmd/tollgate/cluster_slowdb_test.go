@@ -1,9 +1,7 @@
 package main
 
 import (
-	"net"
 	"net/url"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,110 +11,16 @@ import (
 	"github.com/tollgate/tollgate/persist/pgtest"
 )
 
-// slowLink forwards TCP connections on loopback to target, holding every
-// chunk of the server's answers for delay: a database that is healthy and
-// answers everything, only farther away (another zone, a busy host).
-type slowLink struct {
-	ln     net.Listener
-	target string
-	delay  time.Duration
-	wg     sync.WaitGroup // the accept loop and every pipe
-
-	mu     sync.Mutex
-	conns  map[net.Conn]struct{}
-	closed bool
-}
-
-// newSlowLink starts a link to target; it is closed, with every
-// connection, when the test ends.
-func newSlowLink(t *testing.T, target string, delay time.Duration) *slowLink {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	l := &slowLink{ln: ln, target: target, delay: delay, conns: make(map[net.Conn]struct{})}
-	l.wg.Add(1)
-	go l.accept() // close waits for it
-	t.Cleanup(l.close)
-	return l
-}
-
-func (l *slowLink) accept() {
-	defer l.wg.Done()
-	for {
-		c, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		s, err := net.Dial("tcp", l.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		if !l.track(c, s) {
-			return
-		}
-		l.wg.Add(2)
-		go l.pipe(s, c, 0)       // close waits for it
-		go l.pipe(c, s, l.delay) // close waits for it
-	}
-}
-
-// track records a connection pair, or closes it if the link is closed.
-func (l *slowLink) track(cs ...net.Conn) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		for _, c := range cs {
-			c.Close()
-		}
-		return false
-	}
-	for _, c := range cs {
-		l.conns[c] = struct{}{}
-	}
-	return true
-}
-
-// pipe copies src to dst, each chunk after delay, and closes both when
-// either side ends.
-func (l *slowLink) pipe(dst, src net.Conn, delay time.Duration) {
-	defer l.wg.Done()
-	defer dst.Close()
-	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			time.Sleep(delay) // the link's latency, not a wait for a condition
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return // EOF, or the other side closed
-		}
-	}
-}
-
-func (l *slowLink) close() {
-	l.mu.Lock()
-	l.closed = true
-	for c := range l.conns {
-		c.Close()
-	}
-	l.mu.Unlock()
-	l.ln.Close()
-	l.wg.Wait()
-}
-
-// slowDSN returns dsn (a URL) reached through a slowLink of delay.
+// slowDSN returns dsn reached through a proxy that holds every chunk of
+// the server's answers for delay.
 func slowDSN(t *testing.T, dsn string, delay time.Duration) string {
 	t.Helper()
 	u, err := url.Parse(dsn)
 	require.NoError(t, err, "a URL DSN (make test's DATABASE_URL is one)")
-	l := newSlowLink(t, u.Host, delay)
-	u.Host = l.ln.Addr().String()
-	return u.String()
+	p := newDelayedProxy(t, u.Host, delay)
+	slow, err := pgtest.WithAddr(dsn, p.port())
+	require.NoError(t, err)
+	return slow
 }
 
 // TestClusterSlowDatabaseKeepsTheBound: SPEC 9's bound holds "with a

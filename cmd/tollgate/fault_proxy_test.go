@@ -13,10 +13,12 @@ import (
 // stops passing bytes and leaves new connections unanswered: from the
 // client's side, a server that hangs (a stalled disk, a network
 // partition) rather than one that refuses. Resumed, everything held flows
-// on.
+// on. With a delay, every chunk of the server's answers is held that long
+// first: a server that answers everything, only farther away.
 type faultProxy struct {
 	ln     net.Listener
 	target string
+	delay  time.Duration
 	done   chan struct{} // closed by close
 	wg     sync.WaitGroup
 
@@ -29,9 +31,15 @@ type faultProxy struct {
 // connection, when the test ends.
 func newFaultProxy(t *testing.T, target string) *faultProxy {
 	t.Helper()
+	return newDelayedProxy(t, target, 0)
+}
+
+// newDelayedProxy is newFaultProxy holding the server's answers for delay.
+func newDelayedProxy(t *testing.T, target string, delay time.Duration) *faultProxy {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	p := &faultProxy{ln: ln, target: target, done: make(chan struct{}),
+	p := &faultProxy{ln: ln, target: target, delay: delay, done: make(chan struct{}),
 		open: make(chan struct{}), conns: make(map[net.Conn]struct{})}
 	close(p.open)
 	p.wg.Add(1)
@@ -129,21 +137,23 @@ func (p *faultProxy) handle(c net.Conn) {
 	copied := make(chan struct{})
 	go func() { // handle waits for it below
 		defer close(copied)
-		p.pipe(c, up)
+		p.pipe(c, up, p.delay)
 	}()
-	p.pipe(up, c)
+	p.pipe(up, c, 0)
 	<-copied
 }
 
-// pipe copies src to dst through the gate, then closes both so that the
+// pipe copies src to dst through the gate, each chunk after delay, then
+// closes both so that the
 // other direction ends too.
-func (p *faultProxy) pipe(dst, src net.Conn) {
+func (p *faultProxy) pipe(dst, src net.Conn, delay time.Duration) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			time.Sleep(delay) // the link's latency, not a wait for a condition
 			if !p.gate() {
 				return
 			}
